@@ -1,0 +1,28 @@
+# Set-up and entry points. `make demo` and `make test` install into .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all clean-demo
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Slow tests too (big models at full size, long runs).
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+clean-demo:
+	rm -rf demo_data output/demo

@@ -1,0 +1,368 @@
+"""Datasets and samplers: ImageFolder (ImageNet layout), the embedded digits demo,
+seeded training order and exact (unpadded) distributed evaluation.
+
+Layout expected under a data path::
+
+    <root>/train/<class>/<image>     (training)
+    <root>/val/<class>/<image>       (evaluation; same class folders as train/)
+
+Reproducibility of training data: :class:`SeededTrainSampler` yields
+``(index, sample_seed)`` pairs whose order and seeds depend only on
+``(seed, epoch)``; :class:`ImageFolderDataset` runs the transform of that
+sample under RNGs seeded with ``sample_seed``. The augmentation of an image is
+therefore the same whatever the number of workers, whether workers persist
+across epochs, and whether the run was resumed in the middle.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Sampler
+from torch.utils.data.distributed import DistributedSampler
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+__all__ = [
+    "DataError", "check_image_folder", "check_same_classes", "build_dataset", "pil_rgb_loader",
+    "ImageFolderDataset", "write_demo_dataset", "SeededTrainSampler", "ExactDistributedSampler",
+    "mix_seed", "TRAIN_SPLIT", "VAL_SPLIT",
+]
+
+_logger = logging.getLogger(__name__)
+
+TRAIN_SPLIT = "train"
+VAL_SPLIT = "val"
+_WORKER_PREFIX = "Caught DataError"
+_DEMO_MARKER = "DEMO_COMPLETE.json"
+_DEMO_VERSION = 1
+
+
+class DataError(ValueError):
+    """A user error about the data, in one line that names the offending path.
+
+    When a DataLoader worker raises it, PyTorch re-raises a ``DataError`` in the
+    main process whose message is the worker's whole traceback; that case is
+    recognised here and reduced to the original one-line message (the full text
+    stays in ``worker_traceback``).
+    """
+
+    def __init__(self, message: str = ""):
+        message = str(message)
+        self.worker_traceback = None
+        if message.startswith(_WORKER_PREFIX):
+            self.worker_traceback = message
+            lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+            last = lines[-1] if lines else message
+            _, sep, rest = last.partition("DataError: ")
+            message = rest if sep else last
+            where = lines[0][len(_WORKER_PREFIX):].strip(" .") if lines else ""
+            if where:
+                message = f"{message} ({where})"
+        super().__init__(message)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+# ----------------------------------------------------------------------------- layout checks
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _has_image(folder: str) -> bool:
+    """True when ``folder`` holds an image at any depth (ImageFolder walks class folders).
+
+    Stops at the first image, so a class folder of thousands of files costs one
+    directory read at most.
+    """
+    pending = [folder]
+    while pending:
+        subdirs = []
+        with os.scandir(pending.pop()) as it:
+            for entry in it:
+                if entry.is_dir():
+                    subdirs.append(entry.path)
+                elif _is_image(entry.name):
+                    return True
+        pending.extend(subdirs)
+    return False
+
+
+def check_image_folder(root: str, split: str) -> List[str]:
+    """Check that ``root/split`` is an ImageFolder tree; return its sorted class names.
+
+    Raises:
+        DataError: data path or split missing, images placed directly in the
+            split folder, no class folders, or a class folder without images.
+    """
+    if not root:
+        raise DataError("no data path given (DATA.DATA_PATH / --data-path)")
+    if not os.path.isdir(root):
+        what = "is not a directory" if os.path.exists(root) else "does not exist"
+        raise DataError(f"data path {root} {what}")
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise DataError(f"missing split: {path} {what} (expected {root}/{split}/<class>/<image>)")
+
+    classes, loose = [], []
+    with os.scandir(path) as it:
+        for entry in it:
+            if entry.is_dir():
+                classes.append(entry.name)
+            elif _is_image(entry.name):
+                loose.append(entry.name)
+    if loose:
+        raise DataError(f"wrong layout: {path} has {len(loose)} image(s) directly inside "
+                        f"(e.g. {loose[0]}); expected one folder per class")
+    if not classes:
+        raise DataError(f"wrong layout: {path} has no class folders; expected {path}/<class>/<image>")
+    classes.sort()
+    for name in classes:
+        if not _has_image(os.path.join(path, name)):
+            raise DataError(f"empty class folder {os.path.join(path, name)} "
+                            f"(no file with an image extension)")
+    return classes
+
+
+def check_same_classes(root: str, splits: Sequence[str] = (TRAIN_SPLIT, VAL_SPLIT)) -> List[str]:
+    """Check every split of ``root`` and that they share one class list; return it."""
+    per_split = {s: check_image_folder(root, s) for s in splits}
+    first, ref = splits[0], per_split[splits[0]]
+    for split in splits[1:]:
+        other = per_split[split]
+        if other != ref:
+            only_a = sorted(set(ref) - set(other))
+            only_b = sorted(set(other) - set(ref))
+            parts = []
+            if only_a:
+                parts.append(f"only in {first}: {_preview(only_a)}")
+            if only_b:
+                parts.append(f"only in {split}: {_preview(only_b)}")
+            raise DataError(f"class folders differ between {os.path.join(root, first)} and "
+                            f"{os.path.join(root, split)}: " + "; ".join(parts))
+    return ref
+
+
+def _preview(names: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+# ----------------------------------------------------------------------------- dataset
+def pil_rgb_loader(path: str) -> Image.Image:
+    """Open an image as RGB; an unreadable or corrupt file raises DataError naming it."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")  # forces the full decode while the file is open
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise DataError(f"unreadable image {path}: {_one_line(e) or type(e).__name__}") from None
+
+
+@contextlib.contextmanager
+def _seeded_rngs(seed: int):
+    """Seed python, numpy and torch (CPU) RNGs for one sample; restore them afterwards."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+
+
+class ImageFolderDataset(ImageFolder):
+    """torchvision ImageFolder with a loader that reports unreadable files as DataError.
+
+    ``dataset[i]`` behaves as ImageFolder's; ``dataset[(i, seed)]`` (what
+    :class:`SeededTrainSampler` yields) transforms sample ``i`` under RNGs seeded
+    with ``seed``, leaving the caller's RNG states untouched.
+    """
+
+    def __init__(self, root: str, transform: Optional[Callable] = None):
+        super().__init__(root, transform=transform, loader=pil_rgb_loader)
+
+    def __getitem__(self, index: Union[int, Tuple[int, int]]):
+        if isinstance(index, (tuple, list)):
+            index, seed = index
+            with _seeded_rngs(int(seed)):
+                return super().__getitem__(int(index))
+        return super().__getitem__(index)
+
+
+def build_dataset(is_train: bool, data_path: str, transform: Optional[Callable]) -> ImageFolderDataset:
+    """``data_path/train`` or ``data_path/val`` as an ImageFolder, checked first."""
+    split = TRAIN_SPLIT if is_train else VAL_SPLIT
+    check_image_folder(data_path, split)
+    try:
+        return ImageFolderDataset(os.path.join(data_path, split), transform=transform)
+    except FileNotFoundError as e:  # layout changed between the check and the scan
+        raise DataError(_one_line(e)) from None
+
+
+# ----------------------------------------------------------------------------- demo data
+def write_demo_dataset(root: str, img_size: int = 32, seed: int = 0) -> str:
+    """Write scikit-learn's bundled digits (no download) as an ImageFolder tree.
+
+    1797 8x8 grey digits, upscaled (bicubic) to ``img_size`` and stored as RGB
+    PNGs under ``root/train/<digit>/`` and ``root/val/<digit>/`` (stratified
+    80/20 split drawn with ``seed``). Idempotent: a complete tree (marker file
+    with the same parameters) is left as is. The tree is written in a temporary
+    folder beside ``root`` and renamed into place, so concurrent callers (every
+    rank of a torchrun job) never see a partial dataset.
+
+    Returns:
+        ``root``.
+    """
+    params = dict(version=_DEMO_VERSION, img_size=int(img_size), seed=int(seed))
+    if _demo_is_complete(root, params):
+        return root
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"demo data path {root} exists and is not a directory")
+    if os.path.isdir(root) and os.listdir(root) and not os.path.isfile(os.path.join(root, _DEMO_MARKER)):
+        raise DataError(f"demo data path {root} exists and is not a demo dataset written by this "
+                        f"code; remove it or choose another DATA.DATA_PATH")
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-demo-", dir=parent)
+    try:
+        digits = load_digits()
+        images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+        labels = digits.target
+        idx = np.arange(len(labels))
+        train_idx, val_idx = train_test_split(idx, test_size=0.2, stratify=labels, random_state=seed)
+        counts = {}
+        for split, split_idx in ((TRAIN_SPLIT, train_idx), (VAL_SPLIT, val_idx)):
+            for i in sorted(split_idx):
+                folder = os.path.join(tmp, split, str(labels[i]))
+                os.makedirs(folder, exist_ok=True)
+                img = Image.fromarray(images[i])  # uint8 (H, W) -> mode L
+                img = img.resize((img_size, img_size), Image.BICUBIC).convert("RGB")
+                img.save(os.path.join(folder, f"{i:04d}.png"))
+            counts[split] = int(len(split_idx))
+        with open(os.path.join(tmp, _DEMO_MARKER), "w") as f:
+            json.dump(dict(params, counts=counts, source="sklearn.datasets.load_digits"), f)
+        _install(tmp, root, params)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    _logger.info("demo dataset (sklearn digits, %dx%d) ready in %s", img_size, img_size, root)
+    return root
+
+
+def _demo_is_complete(root: str, params: dict) -> bool:
+    try:
+        with open(os.path.join(root, _DEMO_MARKER)) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return all(meta.get(k) == v for k, v in params.items())
+
+
+def _install(tmp: str, root: str, params: dict) -> None:
+    """Move the finished tree ``tmp`` to ``root``; another writer may have won the race."""
+    old = None
+    if os.path.isdir(root):
+        if _demo_is_complete(root, params):
+            return
+        if os.listdir(root):  # an older demo tree (other parameters): set it aside
+            old = tempfile.mkdtemp(prefix=".old-demo-", dir=os.path.dirname(tmp))
+            try:
+                os.rename(root, os.path.join(old, "tree"))
+            except OSError:
+                pass  # another process moved it first
+        else:
+            with contextlib.suppress(OSError):
+                os.rmdir(root)
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        if not _demo_is_complete(root, params):
+            raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- samplers
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A well-spread non-negative 63-bit seed from integers (splitmix64 chain)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
+
+
+class SeededTrainSampler(DistributedSampler):
+    """Shuffled training sampler whose epoch depends only on ``(seed, epoch)``.
+
+    The order is ``DistributedSampler``'s (a permutation drawn with
+    ``seed + epoch``, padded to a multiple of ``num_replicas`` and strided over
+    ranks); with one replica it is a plain seeded shuffle. It yields
+    ``(index, sample_seed)`` pairs, ``sample_seed = mix_seed(seed, epoch, index)``,
+    which :class:`ImageFolderDataset` uses to seed that sample's augmentation.
+    Call ``set_epoch(epoch)`` before iterating each epoch.
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
+                         seed=seed, drop_last=False)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        seed, epoch = self.seed, self.epoch
+        for index in super().__iter__():
+            yield index, mix_seed(seed, epoch, index)
+
+
+class ExactDistributedSampler(Sampler):
+    """Evaluation sampler: rank ``r`` of ``n`` takes indices ``r, r + n, r + 2n, ...``.
+
+    Every index is visited exactly once over all ranks (no padding, no
+    duplicates), so summing correct/total across ranks gives the exact accuracy.
+    Ranks may get lengths that differ by one.
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0):
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"invalid rank {rank} for {num_replicas} replicas")
+        self.dataset_len = len(dataset)
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.dataset_len, self.num_replicas))
+
+    def __len__(self) -> int:
+        return max(0, math.ceil((self.dataset_len - self.rank) / self.num_replicas))
+
+    def set_epoch(self, epoch: int) -> None:
+        """No-op (the order is fixed); present so the sampler is interchangeable."""

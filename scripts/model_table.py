@@ -1,0 +1,195 @@
+"""Reproduce the model-size columns of paper Table 8: params (M) and FLOPs (G).
+
+For every FLatten config in ``configs/*.yaml`` and its softmax baseline in
+``configs/baselines/``, the model is built from the config (on the CPU, random
+weights) and measured with :mod:`utils.flops` (fvcore, multiply-adds, one image
+at the config's resolution). The paper's values are in :data:`TABLE8`.
+
+A value matches when it is within one unit of the last digit the paper prints
+(6.19M vs "6.1" ok, 29.3M vs "29" ok). The exit status is 1 when a FLatten
+model does not match; the baselines are reported only (Table 8 copies their
+numbers from the original papers, measured with other tools).
+
+Usage (from the repository root)::
+
+    .venv/bin/python scripts/model_table.py
+    .venv/bin/python scripts/model_table.py --only flatten_swin_t --only swin_t --json table.json
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, NamedTuple, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+CONFIG_DIR = os.path.join(ROOT, "configs")
+
+
+class PaperRow(NamedTuple):
+    model: str        # name in Table 8
+    resolution: int
+    params: str       # as printed (millions), the number of digits sets the tolerance
+    flops: str        # as printed (GFLOPs)
+
+
+# Paper Table 8 (appendix), keyed by config name (configs/<name>.yaml, configs/baselines/<name>.yaml).
+TABLE8: Dict[str, PaperRow] = {
+    "deit_t": PaperRow("DeiT-T", 224, "5.7", "1.2"),
+    "flatten_deit_t": PaperRow("FLatten-DeiT-T", 224, "6.1", "1.1"),
+    "pvt_t": PaperRow("PVT-T", 224, "13.2", "1.9"),
+    "flatten_pvt_t": PaperRow("FLatten-PVT-T", 224, "12.2", "2.0"),
+    "pvt_s": PaperRow("PVT-S", 224, "24.5", "3.8"),
+    "flatten_pvt_s": PaperRow("FLatten-PVT-S", 224, "21.7", "4.0"),
+    "pvt_m": PaperRow("PVT-M", 224, "44.2", "6.7"),
+    "flatten_pvt_m": PaperRow("FLatten-PVT-M", 224, "37.2", "7.0"),
+    "pvt_l": PaperRow("PVT-L", 224, "61.4", "9.8"),
+    "flatten_pvt_l": PaperRow("FLatten-PVT-L", 224, "50.6", "10.4"),
+    "pvt_v2_b0": PaperRow("PVTv2-B0", 224, "3.4", "0.6"),
+    "flatten_pvt_v2_b0": PaperRow("FLatten-PVTv2-B0", 224, "3.6", "0.6"),
+    "pvt_v2_b1": PaperRow("PVTv2-B1", 224, "13.1", "2.1"),
+    "flatten_pvt_v2_b1": PaperRow("FLatten-PVTv2-B1", 224, "12.9", "2.2"),
+    "pvt_v2_b2": PaperRow("PVTv2-B2", 224, "25.4", "4.0"),
+    "flatten_pvt_v2_b2": PaperRow("FLatten-PVTv2-B2", 224, "22.6", "4.3"),
+    "pvt_v2_b3": PaperRow("PVTv2-B3", 224, "45.2", "6.9"),
+    "flatten_pvt_v2_b3": PaperRow("FLatten-PVTv2-B3", 224, "38.3", "7.3"),
+    "pvt_v2_b4": PaperRow("PVTv2-B4", 224, "62.6", "10.1"),
+    "flatten_pvt_v2_b4": PaperRow("FLatten-PVTv2-B4", 224, "51.8", "10.7"),
+    "swin_t": PaperRow("Swin-T", 224, "29", "4.5"),
+    "flatten_swin_t": PaperRow("FLatten-Swin-T", 224, "29", "4.5"),
+    "swin_s": PaperRow("Swin-S", 224, "50", "8.7"),
+    "flatten_swin_s": PaperRow("FLatten-Swin-S", 224, "51", "8.7"),
+    "swin_b": PaperRow("Swin-B", 224, "88", "15.4"),
+    "flatten_swin_b": PaperRow("FLatten-Swin-B", 224, "89", "15.4"),
+    "swin_b_384": PaperRow("Swin-B", 384, "88", "47.0"),
+    "flatten_swin_b_384": PaperRow("FLatten-Swin-B", 384, "91", "46.5"),
+    "cswin_t": PaperRow("CSwin-T", 224, "23", "4.3"),
+    "flatten_cswin_t": PaperRow("FLatten-CSwin-T", 224, "21", "4.3"),
+    "cswin_s": PaperRow("CSwin-S", 224, "35", "6.9"),
+    "flatten_cswin_s": PaperRow("FLatten-CSwin-S", 224, "35", "6.9"),
+    "cswin_b": PaperRow("CSwin-B", 224, "78", "15.0"),
+    "flatten_cswin_b": PaperRow("FLatten-CSwin-B", 224, "75", "15.0"),
+    "cswin_b_384": PaperRow("CSwin-B", 384, "78", "47.0"),
+    "flatten_cswin_b_384": PaperRow("FLatten-CSwin-B", 384, "78", "46.4"),
+}
+
+
+def tolerance(printed: str) -> float:
+    """One unit of the last printed digit: '6.1' -> 0.1, '29' -> 1."""
+    decimals = len(printed.split(".")[1]) if "." in printed else 0
+    return 10.0 ** -decimals
+
+
+def matches(measured: float, printed: str) -> bool:
+    return abs(measured - float(printed)) <= tolerance(printed) + 1e-9
+
+
+def config_path(name: str) -> str:
+    """configs/<name>.yaml for FLatten models, configs/baselines/<name>.yaml otherwise."""
+    sub = "" if name.startswith("flatten_") else "baselines"
+    return os.path.join(CONFIG_DIR, sub, name + ".yaml")
+
+
+def table_configs() -> List[str]:
+    """Config names in Table 8 order: each FLatten config after its baseline, where present."""
+    present = {os.path.splitext(os.path.basename(p))[0]
+               for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
+               + glob.glob(os.path.join(CONFIG_DIR, "baselines", "*.yaml"))}
+    names = [n for n in TABLE8 if n in present]
+    extra = sorted(n for n in present if n.startswith("flatten_") and n not in TABLE8)
+    return names + extra
+
+
+def measure(name: str) -> dict:
+    """Params / FLOPs of the model of config ``name``, with the paper's values and the verdict."""
+    import config as config_lib
+    import models
+    from utils.flops import count_flops, count_params
+
+    cfg = config_lib.load_config(config_path(name))
+    paper = TABLE8.get(name)
+    row = dict(config=name, paper_model=paper.model if paper else "", model=cfg.MODEL.NAME,
+               attn_type=cfg.MODEL.LA.ATTN_TYPE, resolution=cfg.DATA.IMG_SIZE,
+               params_m=None, gflops=None, paper_params_m=None, paper_gflops=None,
+               params_ok=None, flops_ok=None, error="")
+    if paper:
+        row.update(paper_params_m=float(paper.params), paper_gflops=float(paper.flops))
+    try:
+        model = models.build_model(cfg)
+        row["params_m"] = count_params(model)
+        row["gflops"] = count_flops(model, cfg.DATA.IMG_SIZE)
+    except Exception as e:  # reported in the table, not fatal for the other rows
+        row["error"] = f"{type(e).__name__}: {e}"
+        return row
+    if paper:
+        row["params_ok"] = matches(row["params_m"], paper.params)
+        row["flops_ok"] = matches(row["gflops"], paper.flops)
+    return row
+
+
+def select(names: List[str], only: Optional[List[str]]) -> List[str]:
+    if not only:
+        return names
+    chosen = []
+    for pattern in only:
+        exact = [n for n in names if n == pattern]
+        hits = exact or [n for n in names if pattern in n]
+        if not hits:
+            raise SystemExit(f"--only {pattern}: no config matches; known: {', '.join(names)}")
+        chosen += [n for n in hits if n not in chosen]
+    return chosen
+
+
+def format_row(r: dict) -> str:
+    def verdict(ok):
+        return "" if ok is None else ("ok" if ok else "DIFF")
+    if r["error"]:
+        return f"{r['config']:<20} {r['resolution']:>4}  error: {r['error']}"
+    pp = TABLE8.get(r["config"])
+    return (f"{r['config']:<20} {r['resolution']:>4} {r['attn_type']:>5} "
+            f"{r['params_m']:>8.2f} {pp.params if pp else '-':>6} {verdict(r['params_ok']):>4}  "
+            f"{r['gflops']:>7.2f} {pp.flops if pp else '-':>6} {verdict(r['flops_ok']):>4}  "
+            f"{r['paper_model']}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="config name (exact, else substring: 'swin' = every Swin row); repeatable")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    names = select(table_configs(), args.only)
+    header = (f"{'config':<20} {'res':>4} {'attn':>5} {'params':>8} {'paper':>6} {'':>4}  "
+              f"{'GFLOPs':>7} {'paper':>6} {'':>4}  Table 8 model")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for name in names:
+        t0 = time.time()
+        row = measure(name)
+        row["seconds"] = round(time.time() - t0, 1)
+        rows.append(row)
+        print(format_row(row), flush=True)
+
+    flatten = [r for r in rows if r["config"].startswith("flatten_")]
+    bad = [r["config"] for r in flatten if r["error"] or r["params_ok"] is False or r["flops_ok"] is False]
+    print(f"\nFLatten models matching Table 8 (params and FLOPs within one printed digit): "
+          f"{len(flatten) - len(bad)}/{len(flatten)}" + (f"; differ: {', '.join(bad)}" if bad else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

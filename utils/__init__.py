@@ -1,0 +1,1 @@
+"""Training utilities: distributed helpers, logging, checkpoints, FLOPs."""

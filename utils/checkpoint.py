@@ -1,0 +1,358 @@
+"""Checkpoints: safe loading, atomic saving, automatic resume, state-dict checks.
+
+Format (a plain dict, written with ``torch.save``)::
+
+    model          state dict of the model (parameter names of the official release)
+    optimizer      optimizer.state_dict()
+    lr_scheduler   timm scheduler state_dict()
+    scaler         torch.amp.GradScaler state_dict() ({} when fp16 is off)
+    model_ema      EMA weights (state dict), only when TRAIN.EMA.ENABLE
+    epoch          index of the last *finished* epoch (Swin convention: resume at epoch + 1)
+    mid_epoch      {'epoch': e, 'step': k} when saved inside epoch e after k optimizer
+                   steps (SIGTERM); absent for end-of-epoch checkpoints
+    max_accuracy   best validation Acc@1 so far (max_accuracy_ema for the EMA)
+    rng            per-rank RNG states: list indexed by rank of {torch, numpy, python, cuda}
+    world_size     number of processes that wrote ``rng``
+    config         the run's config as a YAML string
+    version        format version
+
+Released checkpoints (Swin-style pickles whose ``config`` is a yacs ``CfgNode``
+and which may hold numpy scalars) load through the same :func:`safe_load`:
+PyTorch's restricted ``weights_only`` unpickler with a small allow-list; the
+``CfgNode`` is read as a plain mapping and rebuilt afterwards, so no class of
+the file gets to run code. Anything outside the allow-list is refused.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pickle
+import random
+import re
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from yacs.config import CfgNode
+
+from models.layers.weights import checkpoint_filter_fn, is_ignored_key, unwrap_state_dict
+
+__all__ = [
+    "CheckpointError", "safe_load", "save_checkpoint", "publish", "auto_resume", "load_model_state",
+    "load_pretrained", "get_rng_state", "set_rng_state", "CHECKPOINT_VERSION",
+]
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+_MAX_LISTED = 10  # mismatched keys named in an error message before "... and N more"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (one line that names the file)."""
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _first_sentence(text: Any) -> str:
+    line = _one_line(text)
+    return line.split(". ")[0].rstrip(".")[:200]
+
+
+# ----------------------------------------------------------------------------- safe loading
+def _numpy_globals() -> List[Any]:
+    """numpy objects a pickled scalar / array needs, under their numpy 1.x and 2.x names."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore
+    allowed: List[Any] = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(multiarray.scalar, f"{mod}.scalar"), (multiarray._reconstruct, f"{mod}._reconstruct")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:  # numpy >= 1.25 pickles dtypes through their classes
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return allowed
+
+
+def _allowed_globals() -> List[Any]:
+    # A CfgNode is a dict subclass; the restricted unpickler only fills plain dicts, so
+    # the name is mapped to OrderedDict and the node is rebuilt after loading.
+    return [(collections.OrderedDict, "yacs.config.CfgNode")] + _numpy_globals()
+
+
+_ALLOWED_NAMES = {"yacs.config.CfgNode", "numpy.dtype", "numpy.ndarray"}
+
+
+def _refused_global(path: str, err: Exception) -> Optional[str]:
+    """The first global of ``path`` the allow-list refused, if it can be named."""
+    m = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if m:
+        return m.group(1)
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: the message above is all there is
+        return None
+    names = [n for n in names if n not in _ALLOWED_NAMES and not n.startswith("numpy")]
+    return names[0] if names else None
+
+
+def _to_cfgnode(value: Any) -> Any:
+    if isinstance(value, CfgNode) or not isinstance(value, Mapping):
+        return value
+    return CfgNode({k: _to_cfgnode(v) for k, v in value.items()})
+
+
+def safe_load(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint dict without running code from the file.
+
+    Raises:
+        CheckpointError: missing file, not a PyTorch checkpoint (text, truncated
+            zip, ...), a pickle that needs a global outside the allow-list, or a
+            file that holds something other than a dict.
+    """
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not head:
+        raise CheckpointError(f"{path}: empty file, not a PyTorch checkpoint")
+    if head != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        culprit = _refused_global(path, e)
+        if culprit:
+            raise CheckpointError(f"{path}: refuses to unpickle {culprit}: not a plain checkpoint") from None
+        detail = str(e).split("WeightsUnpickler error:")[-1]
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_sentence(detail)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError, KeyError, MemoryError) as e:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a damaged one "
+                              f"({_first_sentence(e) or type(e).__name__})") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict")
+    ckpt = dict(obj)
+    if isinstance(ckpt.get("config"), Mapping):
+        ckpt["config"] = _to_cfgnode(ckpt["config"])
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- atomic saving
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str, state: Mapping[str, Any]) -> str:
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``.
+
+    A crash or a full disk leaves the previous ``path`` untouched (and at most a
+    ``.<name>.*.tmp`` file, which :func:`auto_resume` ignores).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def publish(src: str, dst: str) -> str:
+    """Make ``dst`` a copy of the finished file ``src`` atomically (a hard link when possible)."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{os.getpid()}.tmp")
+    try:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links on this file system
+            import shutil
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+    return dst
+
+
+# ----------------------------------------------------------------------------- resume
+_CKPT_RE = re.compile(r"^(last|ckpt_epoch_\d+)\.pth$")
+
+
+def _is_training_state(ckpt: Mapping) -> bool:
+    return all(k in ckpt for k in ("model", "optimizer", "lr_scheduler", "epoch"))
+
+
+def auto_resume(output_dir: str) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+    """The newest complete training checkpoint of ``output_dir`` (``last.pth``, ``ckpt_epoch_*.pth``).
+
+    Candidates are tried newest first; one that does not load or lacks the
+    training state is skipped with a warning. Returns ``(path, checkpoint)`` or
+    ``(None, None)``.
+    """
+    if not os.path.isdir(output_dir):
+        return None, None
+    names = [n for n in os.listdir(output_dir) if _CKPT_RE.match(n)]
+    paths = [os.path.join(output_dir, n) for n in names]
+
+    def key(p: str):
+        name = os.path.basename(p)
+        m = re.match(r"ckpt_epoch_(\d+)\.pth$", name)
+        return (os.path.getmtime(p), name == "last.pth", int(m.group(1)) if m else -1)
+
+    for path in sorted(paths, key=key, reverse=True):
+        try:
+            ckpt = safe_load(path)
+        except CheckpointError as e:
+            _logger.warning("auto-resume: skipping %s", e)
+            continue
+        if not _is_training_state(ckpt):
+            _logger.warning("auto-resume: skipping %s: no training state", path)
+            continue
+        return path, ckpt
+    return None, None
+
+
+# ----------------------------------------------------------------------------- state dicts
+def _listing(items: List[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return shown + (f", ... and {more} more" if more > 0 else "")
+
+
+def _mismatch(model: torch.nn.Module, sd: Mapping[str, Any]):
+    target = model.state_dict()
+    missing = [k for k in target if k not in sd and not is_ignored_key(k)]
+    unexpected = [k for k in sd if k not in target]
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in sd.items()
+              if k in target and torch.is_tensor(v) and v.shape != target[k].shape]
+    return missing, unexpected, shapes
+
+
+def _describe(missing, unexpected, shapes) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_listing(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_listing(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({_listing(shapes)})")
+    return "; ".join(parts)
+
+
+def load_model_state(model: torch.nn.Module, state: Mapping[str, Any], source: str,
+                     what: str = "model") -> None:
+    """Load ``state`` (a state dict or a checkpoint holding one) into ``model``, all keys exactly.
+
+    Rebuilt buffers of the release (``attn_mask``, ``relative_position_index``) are
+    ignored on both sides; DDP ``module.`` prefixes are removed.
+
+    Raises:
+        CheckpointError: naming ``source`` and listing missing, unexpected and
+            mis-shaped keys (the first ten of each).
+    """
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source}: '{what}' is a {type(state).__name__}, not a state dict")
+    sd = {k: v for k, v in unwrap_state_dict(state).items() if not is_ignored_key(k)}
+    missing, unexpected, shapes = _mismatch(model, sd)
+    if missing or unexpected or shapes:
+        name = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
+        raise CheckpointError(f"{source} does not fit {name}: " + _describe(missing, unexpected, shapes))
+    model.load_state_dict(sd, strict=False)
+
+
+def load_pretrained(model: torch.nn.Module, path: str, logger: Optional[logging.Logger] = None) -> Dict[str, Any]:
+    """Initialise ``model`` from weights of another run (e.g. 224 weights for 384 fine-tuning).
+
+    The weights go through :func:`models.layers.checkpoint_filter_fn`
+    (positional encodings / relative tables resized to this model), a classifier
+    of another size is dropped, and the rest loads with ``strict=False``;
+    missing and unexpected keys are logged.
+
+    Raises:
+        CheckpointError: unreadable file, or a parameter outside the classifier
+            whose shape still differs.
+    """
+    log = logger or _logger
+    ckpt = safe_load(path)
+    try:
+        sd = checkpoint_filter_fn(ckpt, model)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot adapt to this model ({_one_line(e)})") from None
+    target = model.state_dict()
+    head = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    dropped = [k for k, v in sd.items() if k in target and torch.is_tensor(v) and v.shape != target[k].shape
+               and any(k == h or k.startswith(h + ".") for h in heads)]
+    for k in dropped:
+        del sd[k]
+    if dropped:
+        log.info("pretrained %s: classifier of another size dropped (%s)", path, ", ".join(dropped))
+    missing, unexpected, shapes = _mismatch(model, sd)
+    if shapes:
+        raise CheckpointError(f"{path} does not fit this model: {len(shapes)} of another shape "
+                              f"({_listing(shapes)})")
+    model.load_state_dict(sd, strict=False)
+    if missing:
+        log.warning("pretrained %s: %d missing keys (%s)", path, len(missing), _listing(missing))
+    if unexpected:
+        log.warning("pretrained %s: %d unexpected keys (%s)", path, len(unexpected), _listing(unexpected))
+    log.info("loaded pretrained weights from %s", path)
+    return {"missing": missing, "unexpected": unexpected, "dropped": dropped}
+
+
+# ----------------------------------------------------------------------------- RNG
+def get_rng_state() -> Dict[str, Any]:
+    """RNG states of this process as plain tensors / tuples (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = list(state["cuda"])
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
