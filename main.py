@@ -18,7 +18,6 @@ import random
 import signal
 import sys
 import tempfile
-import time
 import warnings
 from typing import Any, Dict, Optional
 
@@ -268,6 +267,7 @@ def _train(cfg, device, rank: int, world_size: int, amp_dtype, stop: StopFlag) -
             if ckpt_path and os.path.abspath(ckpt_path) != os.path.abspath(found):
                 logger.warning(f"auto-resume: {found} in the output folder takes precedence over --resume {ckpt_path}")
             ckpt, ckpt_path = found_ckpt, found
+        del found_ckpt
     if ckpt_path and ckpt is None:
         ckpt = safe_load(ckpt_path)
 
@@ -281,13 +281,21 @@ def _train(cfg, device, rank: int, world_size: int, amp_dtype, stop: StopFlag) -
             except (ValueError, KeyError, RuntimeError) as e:
                 raise CheckpointError(f"{ckpt_path}: optimizer state does not fit this model's optimizer "
                                       f"({' '.join(str(e).split())})") from None
-            scheduler.load_state_dict(ckpt["lr_scheduler"])
+            saved_steps = int(ckpt.get("steps_per_epoch", steps_per_epoch))
+            if saved_steps == steps_per_epoch:
+                scheduler.load_state_dict(ckpt["lr_scheduler"])
+            else:  # another world size or batch: the schedule of this run's config, in its own steps
+                logger.warning(f"{ckpt_path} has {saved_steps} steps per epoch, this run {steps_per_epoch}: "
+                               f"the LR schedule follows this run's config")
             if scaler is not None and ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
             start_epoch = int(ckpt["epoch"]) + 1
             mid = ckpt.get("mid_epoch")
             if mid:
                 start_epoch, start_step = int(mid["epoch"]), int(mid["step"])
+                if saved_steps != steps_per_epoch:  # same fraction of the epoch in this run's steps
+                    start_step = min(start_step * steps_per_epoch // saved_steps, steps_per_epoch - 1)
+            scheduler.step_update(num_updates=start_epoch * steps_per_epoch + start_step)
             if ckpt.get("max_accuracy") is not None:
                 max_acc = float(ckpt["max_accuracy"])
             if ckpt.get("max_accuracy_ema") is not None:

@@ -161,7 +161,7 @@ class FLattenDeiT(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
 
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # per-block stochastic depth
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, grid, attn_type=attn_type, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                   drop=drop_rate, drop_path=dpr[i], norm_layer=norm_layer, la_kwargs=la_kwargs)

@@ -60,3 +60,15 @@ def test_arch_kwargs():
         timm.create_model(NAME, attn_type="LL")
     with pytest.raises(TypeError):
         timm.create_model(NAME, window_size=7)
+
+
+def test_224_weights_load_at_384():
+    from models.layers import checkpoint_filter_fn
+    small = timm.create_model(NAME)
+    big = timm.create_model(NAME, img_size=384).eval()
+    sd = checkpoint_filter_fn({"model": small.state_dict()}, big)
+    big.load_state_dict(sd, strict=True)
+    assert big.blocks[0].attn.positional_encoding.shape == (1, 1 + 24 * 24, 192)
+    torch.testing.assert_close(big.pos_embed[:, 0], small.pos_embed[:, 0])   # class token kept
+    with torch.no_grad():
+        assert big(torch.randn(1, 3, 384, 384)).shape == (1, 1000)

@@ -21,13 +21,62 @@ gives vanilla ReLU linear attention: no focusing function).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+import os
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import triton_fla
+
 EPS = 1e-6
+
+# -- implementation choice -------------------------------------------------------------
+# 'auto': the fused path; its feature map runs as one Triton kernel on CUDA in eager mode
+#         (when triton imports), as fused PyTorch ops elsewhere (CPU; under torch.compile,
+#         where inductor generates the fused kernels itself).
+# 'torch': the fused PyTorch path everywhere.
+# 'triton': the Triton feature map on any device (CPU only under TRITON_INTERPRET=1; tests).
+# 'reference': the literal step-by-step math (SPEC section 1), kept as the reference.
+ATTENTION_IMPLS = ("auto", "torch", "triton", "reference")
+_impl = os.environ.get("FLATTEN_ATTENTION_IMPL", "auto").strip().lower() or "auto"
+if _impl not in ATTENTION_IMPLS:
+    raise ValueError(f"FLATTEN_ATTENTION_IMPL must be one of {', '.join(ATTENTION_IMPLS)}, got {_impl!r}")
+
+
+def set_attention_impl(impl: str) -> str:
+    """Choose the implementation of focused attention for the whole process; returns the previous one.
+
+    ``impl`` is one of ``ATTENTION_IMPLS``; the environment variable
+    ``FLATTEN_ATTENTION_IMPL`` sets the initial value ('reference' forces the
+    reference path). Compiled models keep the choice they were traced with
+    until they recompile (the value is guarded).
+    """
+    global _impl
+    impl = impl.strip().lower()
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention impl must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}")
+    if impl == "triton" and not triton_fla.HAS_TRITON:
+        raise RuntimeError("attention impl 'triton' needs triton, which is not installed")
+    previous, _impl = _impl, impl
+    return previous
+
+
+def get_attention_impl() -> str:
+    """The current implementation choice (see :func:`set_attention_impl`)."""
+    return _impl
+
+
+@contextlib.contextmanager
+def attention_impl(impl: str) -> Iterator[None]:
+    """Context manager form of :func:`set_attention_impl`."""
+    previous = set_attention_impl(impl)
+    try:
+        yield
+    finally:
+        set_attention_impl(previous)
 
 # Options that :func:`make_la_kwargs` accepts and every focused attention takes.
 LA_OPTIONS = ("focusing_factor", "kernel_size", "use_dwc", "focused")
@@ -49,6 +98,44 @@ def focusing_function(x: torch.Tensor, p: float) -> torch.Tensor:
     peak = x.amax(dim=-1, keepdim=True)
     xp = (x / peak).pow(p)
     return xp * (norm / xp.norm(dim=-1, keepdim=True))
+
+
+def focused_features(x: torch.Tensor, temperature: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     p: float = 3, focused: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Feature map of the fused path, returned as a direction and a per-token factor.
+
+    ``phi(x) = f_p((relu(x + bias) + eps) / temperature)`` over the last dim equals
+    ``u * s`` with the two returned tensors. Compared with :meth:`FocusedLinearAttention.kernel`
+    it takes fewer passes over the (N, C) tensor: bias, ReLU, eps and temperature are
+    one ``addcmul`` and one in-place clamp (``(x + bias + eps) / t`` floored at
+    ``eps / t`` is ``(relu(x + bias) + eps) / t``), the power is taken of
+    ``y / max(y)`` in (0, 1] (no overflow for any p or activation size), and the
+    per-token factor is returned instead of applied, so a caller that needs phi
+    only up to a per-token scale (the queries: it cancels in the normalised
+    attention) saves a pass.
+
+    Args:
+        x: (..., N, C) queries or keys; half types are promoted by the first op.
+        temperature: (1, 1, C) ``softplus(scale)`` in the compute dtype (float32 or wider).
+        bias: (1, N, C) positional encoding added before the kernel, or None.
+        p: focusing power.
+        focused: apply f_p; False returns the ReLU features ``y`` and no factor.
+    Returns:
+        u: (..., N, C) ``(y / max(y))**p`` (``y`` when not focused), in the compute dtype.
+        s: (..., N, 1) ``max(y) * ||y / max(y)|| / ||u||``, or None when not focused.
+    """
+    inv_t = temperature.reciprocal()
+    floor = inv_t * EPS
+    shift = floor if bias is None else (bias.to(inv_t.dtype) + EPS) * inv_t
+    y = torch.addcmul(shift, x, inv_t).clamp_min_(floor)                # (relu(x + b) + eps) / t
+    if not focused:
+        return y, None
+    peak = y.amax(dim=-1, keepdim=True)                                  # (..., N, 1), > 0
+    w = y / peak
+    u = w.pow(p)
+    s = peak * (torch.linalg.vector_norm(w, dim=-1, keepdim=True)
+                / torch.linalg.vector_norm(u, dim=-1, keepdim=True))
+    return u, s
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -81,15 +168,22 @@ def explicit_attention_matrix(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return scores * z
 
 
+# Attention kinds an ``L`` stage can use: the paper's focused attention, and the
+# linear attentions it is compared with in Table 3 (models/layers/linear_attentions.py).
+LA_KINDS = ("focused", "hydra", "efficient", "angular", "enhanced")
+
+
 def make_la_kwargs(focusing_factor: float = 3, kernel_size: int = 5, use_dwc: bool = True,
-                   focused: bool = True) -> dict:
+                   focused: bool = True, kind: str = "focused") -> dict:
     """Validated keyword arguments for :class:`FocusedLinearAttention` subclasses."""
+    if kind not in LA_KINDS:
+        raise ValueError(f"linear attention kind must be one of {', '.join(LA_KINDS)}, got {kind!r}")
     if not focusing_factor > 0:
         raise ValueError(f"focusing_factor must be > 0, got {focusing_factor}")
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
     return dict(focusing_factor=focusing_factor, kernel_size=kernel_size, use_dwc=use_dwc,
-                focused=focused)
+                focused=focused, kind=kind)
 
 
 class FocusedLinearAttention(nn.Module):
@@ -107,11 +201,19 @@ class FocusedLinearAttention(nn.Module):
         kernel_size: kernel of the depthwise conv on v (paper Table 4).
         use_dwc: add the depthwise conv branch (``dwc``); False drops the parameter.
         focused: apply the focused function; False gives ReLU linear attention.
+        kind: 'focused' (this module), or one of the linear attentions of paper Table 3
+            ('hydra', 'efficient', 'angular', 'enhanced'), which replace the math of
+            :meth:`attend` and own their parameters (see ``linear_attentions.py``).
     """
 
     def __init__(self, dim: int, num_heads: int, num_kv_tokens: int, focusing_factor: float = 3,
-                 kernel_size: int = 5, use_dwc: bool = True, focused: bool = True):
+                 kernel_size: int = 5, use_dwc: bool = True, focused: bool = True, kind: str = "focused"):
         super().__init__()
+        self.kind = kind
+        if kind != "focused":
+            from .linear_attentions import init_linear_attention
+            init_linear_attention(self, kind, dim, num_heads, num_kv_tokens, kernel_size=kernel_size)
+            return
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim = dim
@@ -172,6 +274,16 @@ class FocusedLinearAttention(nn.Module):
         Returns:
             (B, N, C) in v's dtype.
         """
+        if self.kind != "focused":
+            from .linear_attentions import attend_linear_attention
+            return attend_linear_attention(self, q, k, v, hw, num_prefix_tokens)
+        if _impl == "reference":
+            return self.attend_reference(q, k, v, hw, num_prefix_tokens)
+        return self.attend_fused(q, k, v, hw, num_prefix_tokens)
+
+    def attend_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: Tuple[int, int],
+                         num_prefix_tokens: int = 0) -> torch.Tensor:
+        """:meth:`attend` written step by step as SPEC section 1 states it (the reference path)."""
         out_dtype = v.dtype
         qf, kf = self.kernel(q, k)
         # Matmuls in bf16 when autocast asks for it (its range is that of fp32);
@@ -186,6 +298,85 @@ class FocusedLinearAttention(nn.Module):
         if self.dwc is not None:
             x = x + self.dwc_term(self.split_heads(v), hw, q.shape[1], num_prefix_tokens).to(x.dtype)
         return x.to(out_dtype)
+
+    def attend_fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: Tuple[int, int],
+                     num_prefix_tokens: int = 0) -> torch.Tensor:
+        """:meth:`attend` with fewer passes; same numerics as :meth:`attend_reference`.
+
+        * Feature maps: :func:`focused_features` (PyTorch), or one Triton kernel per
+          tensor on CUDA that also writes the head-split layout in the matmul dtype.
+        * Queries are used up to their per-token factor s_q: it cancels between
+          numerator and normaliser, so only ``eps`` is divided by it.
+        * ``k^T v`` and the normaliser come from one matmul: v gets a ones column,
+          so ``k^T [v, 1] = [sum_j k_j^T v_j, sum_j k_j]`` and ``q @`` that gives the
+          numerator and ``q . sum_j k_j`` together; the ``1 / n_kv`` of the means
+          moves onto ``eps`` (``num / (den + eps * n_kv)``).
+        * ``dwc`` runs once over all C channels (the per-head filters repeated h
+          times) on a channels-last view of v: no transposes before or after.
+        * The division and the ``dwc`` sum are one ``addcdiv`` that writes (B, N, C).
+        """
+        B, N, C = q.shape
+        M = k.shape[1]
+        h, d = self.num_heads, self.head_dim
+        out_dtype = v.dtype
+        feat_dtype = torch.promote_types(q.dtype, torch.float32)
+        # Matmuls in bf16 when autocast asks for it (its range is that of fp32);
+        # fp16 stays in fp32 because the k^T v sums can exceed 65504.
+        mm_dtype = torch.bfloat16 if out_dtype == torch.bfloat16 else feat_dtype
+        temperature = F.softplus(self.scale.to(feat_dtype))                 # (1, 1, C)
+        p, focused = self.focusing_factor, self.focused
+        if _impl == "triton" or (_impl == "auto" and triton_fla.HAS_TRITON and q.is_cuda
+                                 and not torch.compiler.is_compiling()):
+            qh = triton_fla.focused_feature_map_triton(q, temperature, None, p, focused, h, EPS, mm_dtype)
+            kh = triton_fla.focused_feature_map_triton(k, temperature, self.positional_encoding, p, focused, h,
+                                                       EPS, mm_dtype)                 # (B, h, M, d)
+            q_eps = EPS * M
+        else:
+            qu, qs = focused_features(q, temperature, None, p, focused)
+            ku, ks = focused_features(k, temperature, self.positional_encoding, p, focused)
+            kf = ku if ks is None else ku * ks
+            qh = qu.to(mm_dtype).view(B, N, h, d).transpose(1, 2)           # (B, h, N, d)
+            kh = kf.to(mm_dtype).view(B, M, h, d).transpose(1, 2)           # (B, h, M, d)
+            q_eps = EPS * M if qs is None else (EPS * M / qs).view(B, 1, N, 1)
+        with torch.autocast(q.device.type, enabled=False):
+            vh = v.to(mm_dtype).view(B, M, h, d).transpose(1, 2)            # (B, h, M, d)
+            v1 = torch.cat([vh, vh.new_ones(B, h, M, 1)], dim=-1)           # (B, h, M, d + 1)
+            kv = kh.transpose(-2, -1) @ v1                                  # (B, h, d, d + 1)
+            y = qh @ kv                                                     # (B, h, N, d + 1)
+            num = y[..., :d].transpose(1, 2)                                # (B, N, h, d)
+            den = (y[..., d:] + q_eps).to(y.dtype).transpose(1, 2)          # (B, N, h, 1)
+        if self.dwc is not None:
+            term = self.dwc_term_fused(v, hw, N, num_prefix_tokens)         # (B, N, C)
+            x = torch.addcdiv(term.to(y.dtype).reshape(B, N, h, d), num, den)
+        else:
+            x = num / den
+        return x.reshape(B, N, C).to(out_dtype)
+
+    def dwc_term_fused(self, v: torch.Tensor, hw: Tuple[int, int], n_q: int,
+                       num_prefix_tokens: int = 0) -> torch.Tensor:
+        """:meth:`dwc_term` from v (B, M, C) as one depthwise conv over all C channels.
+
+        Channel ``head * d + i`` uses filter i, so the (d, 1, k, k) filters are
+        repeated h times; the conv reads a channels-last view of v and its
+        channels-last output is (B, N, C) without a copy.
+        """
+        B, _, C = v.shape
+        H, W = hw
+        n_grid = n_q - num_prefix_tokens
+        vg = v[:, num_prefix_tokens:]                                       # (B, M', C)
+        weight = self.dwc.weight.repeat(self.num_heads, 1, 1, 1)           # (C, 1, k, k)
+        bias = None if self.dwc.bias is None else self.dwc.bias.repeat(self.num_heads)
+        if vg.shape[1] != n_grid:
+            # Key reduction (PVT sr > 1): bring v to the query grid along tokens.
+            grid = F.interpolate(vg.transpose(1, 2), size=n_grid, mode="linear",
+                                 align_corners=False).reshape(B, C, H, W)   # (B, C, H, W)
+        else:
+            grid = vg.reshape(B, H, W, C).permute(0, 3, 1, 2)               # (B, C, H, W), channels-last
+        out = F.conv2d(grid, weight, bias, padding=self.dwc.padding, groups=C)
+        term = out.permute(0, 2, 3, 1).reshape(B, n_grid, C)                # (B, N', C)
+        if num_prefix_tokens:
+            term = F.pad(term, (0, 0, num_prefix_tokens, 0))
+        return term
 
     def dwc_term(self, vh: torch.Tensor, hw: Tuple[int, int], n_q: int,
                  num_prefix_tokens: int = 0) -> torch.Tensor:

@@ -1,0 +1,124 @@
+"""Paper Fig. 5: rank of the equivalent attention matrix per block, linear attention alone vs + DWC.
+
+For every focused attention module (or the ``--blocks`` chosen), runs the
+model on one image, records its q and k, and computes per head
+
+* ``A``: the N x N weights the linear attention applies (focusing function
+  included, as in Fig. 5 (b)); its rank is at most the head dim d;
+* ``A + D_c``: the equivalent attention once the depthwise conv is added, with
+  ``D_c`` the conv of channel c written as an N x N matrix (Fig. 5 (c)); one
+  matrix per value channel, ``--channels`` of them are checked per head.
+
+Ranks are computed in float64 on the grid tokens (DeiT's class token is left
+out, as in the paper's 196 x 196 maps). Attentions on more than
+``--max-tokens`` tokens are skipped (an SVD of a 3136 x 3136 matrix per head
+and channel is slow); key-reduced attention (PVT sr > 1) has no square matrix
+and is reported as such. With random weights the result already shows the
+effect: rank(A) <= d, rank(A + D) close to N.
+
+Usage (from the repository root)::
+
+    .venv/bin/python scripts/attention_rank.py --cfg configs/flatten_deit_t.yaml --resume deit.pth --image img.jpg
+    .venv/bin/python scripts/attention_rank.py --cfg configs/flatten_deit_t.yaml --blocks 2 --json rank.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+from typing import List, Optional
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from scripts.attention_tools import (build, capture_attend, dwc_channel, dwc_matrix, focused_modules,  # noqa: E402
+                                     global_weights, load_image)
+
+
+def block_ranks(module, rec: dict, channels: int, max_tokens: int) -> dict:
+    """Ranks of one attention call (first window): per head, A alone and A + D_c."""
+    q, k, hw, p = rec["q"][:1], rec["k"][:1], rec["hw"], rec["num_prefix_tokens"]
+    n_grid = hw[0] * hw[1]
+    out = dict(tokens=n_grid, head_dim=module.head_dim, heads=module.num_heads, grid=list(hw),
+               kind=getattr(module, "kind", "focused"), rank_linear=[], rank_dwc=[], note="")
+    if k.shape[1] != q.shape[1]:
+        out["note"] = f"key reduction ({k.shape[1]} keys for {q.shape[1]} queries): no square matrix"
+        return out
+    if n_grid > max_tokens:
+        out["note"] = f"skipped: {n_grid} tokens > --max-tokens {max_tokens}"
+        return out
+    with torch.no_grad():
+        a = global_weights(module, q.double(), k.double())[0, :, p:, p:].double()   # (h', N, N)
+        if out["kind"] == "hydra":
+            out["heads"], out["head_dim"] = a.shape[0], 1
+        for h in range(a.shape[0]):
+            out["rank_linear"].append(int(torch.linalg.matrix_rank(a[h])))
+        if module.dwc is not None and out["kind"] != "hydra":
+            conv = copy.deepcopy(module.dwc).double()
+            for h in range(a.shape[0]):
+                ranks = [int(torch.linalg.matrix_rank(a[h] + dwc_matrix(conv, dwc_channel(module, h, c), hw)))
+                         for c in range(min(channels, module.head_dim))]
+                out["rank_dwc"].append(ranks)
+    return out
+
+
+def summary(values: List[int]) -> str:
+    if not values:
+        return "-"
+    return f"{min(values)}/{statistics.median(values):g}/{max(values)}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="model config (YAML)")
+    parser.add_argument("--resume", metavar="FILE", help="checkpoint to load (default: random weights)")
+    parser.add_argument("--image", help="input image (default: a fixed random image)")
+    parser.add_argument("--blocks", type=int, nargs="+", help="indices of focused attention modules (default: all)")
+    parser.add_argument("--channels", type=int, default=4, help="value channels (conv matrices) checked per head")
+    parser.add_argument("--max-tokens", type=int, default=1024, help="skip attentions over more tokens")
+    parser.add_argument("--json", metavar="PATH", help="also write the per-block results to this JSON file")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+
+    cfg, model = build(args.cfg, args.opts, args.resume)
+    mods = focused_modules(model)
+    if not mods:
+        raise SystemExit(f"error: {args.cfg} has no focused linear attention (ATTN_TYPE {cfg.MODEL.LA.ATTN_TYPE})")
+    chosen = args.blocks if args.blocks is not None else list(range(len(mods)))
+    bad = [i for i in chosen if not 0 <= i < len(mods)]
+    if bad:
+        raise SystemExit(f"error: --blocks {bad}: the model has {len(mods)} focused attention modules")
+    x, _ = load_image(args.image, cfg)
+    with capture_attend([mods[i][1] for i in chosen]) as records, torch.no_grad():
+        model(x)
+
+    header = f"{'#':>3}  {'module':<28} {'N':>5} {'d':>4}  {'rank A (min/med/max)':>22}  {'rank A+DWC':>22}"
+    print(f"{cfg.MODEL.NAME}: rank of the equivalent attention matrix per head "
+          f"(A + DWC over {args.channels} value channel(s) per head)")
+    print(header + "\n" + "-" * len(header))
+    rows = []
+    for j, i in enumerate(chosen):
+        name, module = mods[i]
+        r = block_ranks(module, records[j], args.channels, args.max_tokens)
+        r.update(index=i, module=name)
+        rows.append(r)
+        dwc_all = [v for per_head in r["rank_dwc"] for v in per_head]
+        line = (f"{i:>3}  {name:<28} {r['tokens']:>5} {r['head_dim']:>4}  {summary(r['rank_linear']):>22}  "
+                f"{summary(dwc_all) if r['rank_dwc'] else ('no dwc' if not r['note'] else '-'):>22}")
+        print(line + (f"  {r['note']}" if r["note"] else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(model=cfg.MODEL.NAME, config=args.cfg, checkpoint=args.resume, image=args.image,
+                           blocks=rows), f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

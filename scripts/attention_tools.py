@@ -1,0 +1,169 @@
+"""Shared by scripts/visualize_attention.py and scripts/attention_rank.py.
+
+Builds a model from a config (optionally with a checkpoint), prepares an input
+image with the evaluation transform, and records what every focused attention
+module receives -- q, k, v after the family's projections, the token grid and
+the number of prefix tokens -- by wrapping each module's ``attend`` on the
+instance for the duration of one forward pass. No model code is changed.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from models.layers.focused_linear_attention import FocusedLinearAttention  # noqa: E402
+
+
+def build(cfg_file: str, opts: Optional[Sequence[str]] = None, resume: Optional[str] = None, seed: int = 0):
+    """(config, model in eval mode) from a YAML config, ``--opts`` overrides and optional weights.
+
+    Without ``resume`` the weights are the model's random initialisation, drawn with ``seed``.
+    """
+    import config as config_lib
+    import models
+    from utils.checkpoint import load_model_state, safe_load
+
+    cfg = config_lib.load_config(cfg_file, list(opts or []))
+    torch.manual_seed(seed)
+    model = models.build_model(cfg)
+    if resume:
+        load_model_state(model, safe_load(resume), resume)
+    return cfg, model.eval()
+
+
+def load_image(path: Optional[str], cfg, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(normalised input (1, 3, S, S), display image (S, S, 3) in [0, 1]).
+
+    With ``path`` the image goes through the evaluation transform of the config
+    (SPEC section 3); without, a fixed random image is used.
+    """
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    size = cfg.DATA.IMG_SIZE
+    if path:
+        from PIL import Image
+
+        from data.transforms import build_eval_transform
+        with Image.open(path) as im:
+            x = build_eval_transform(size, cfg.TEST.CROP, cfg.DATA.INTERPOLATION)(im.convert("RGB"))
+    else:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(3, size, size, generator=g)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    show = (x * std + mean).clamp(0, 1).permute(1, 2, 0)
+    return x.unsqueeze(0), show
+
+
+def focused_modules(model: nn.Module) -> List[Tuple[str, FocusedLinearAttention]]:
+    """Every focused (or Table 3) linear attention of ``model``, in forward order of definition."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, FocusedLinearAttention)]
+
+
+@contextlib.contextmanager
+def capture_attend(modules: Sequence[FocusedLinearAttention]) -> Iterator[Dict[int, dict]]:
+    """Record the inputs of ``attend`` of each module during the forwards run inside the block.
+
+    Yields {index in ``modules``: dict(q, k, v, hw, num_prefix_tokens)} (detached,
+    first call of each module).
+    """
+    records: Dict[int, dict] = {}
+
+    def wrap(i: int, module: FocusedLinearAttention):
+        original = module.attend
+
+        def attend(q, k, v, hw, num_prefix_tokens=0):
+            if i not in records:
+                records[i] = dict(q=q.detach(), k=k.detach(), v=v.detach(), hw=tuple(hw),
+                                  num_prefix_tokens=int(num_prefix_tokens))
+            return original(q, k, v, hw, num_prefix_tokens)
+        return attend
+
+    for i, m in enumerate(modules):
+        m.attend = wrap(i, m)                       # instance attribute shadows the method
+    try:
+        yield records
+    finally:
+        for m in modules:
+            m.__dict__.pop("attend", None)
+
+
+def global_weights(module: FocusedLinearAttention, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, h, N, M) weights of the module's global (non-conv) attention."""
+    if getattr(module, "kind", "focused") == "focused":
+        return module.attention_weights(q, k)
+    from models.layers.linear_attentions import linear_attention_weights
+    return linear_attention_weights(module, q, k)
+
+
+def vanilla_linear_weights(module: FocusedLinearAttention, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, h, N, M) weights of vanilla ReLU linear attention on the same q, k.
+
+    For focused attention: the module's own kernel (positional encoding, ReLU,
+    temperature) without the focusing function; otherwise plain ReLU + eps.
+    """
+    from models.layers.focused_linear_attention import EPS, explicit_attention_matrix
+    if getattr(module, "kind", "focused") == "focused":
+        focused = module.focused
+        module.focused = False
+        try:
+            qf, kf = module.kernel(q, k)
+        finally:
+            module.focused = focused
+    else:
+        qf, kf = F.relu(q.float()) + EPS, F.relu(k.float()) + EPS
+    return explicit_attention_matrix(module.split_heads(qf), module.split_heads(kf))
+
+
+def softmax_weights(module: FocusedLinearAttention, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, h, N, M) softmax attention ``softmax(q k^T / sqrt(d))`` on the same q, k."""
+    qh, kh = module.split_heads(q.float()), module.split_heads(k.float())
+    return (qh @ kh.transpose(-2, -1) * qh.shape[-1] ** -0.5).softmax(dim=-1)
+
+
+def dwc_matrix(conv: nn.Conv2d, channel: int, hw: Tuple[int, int]) -> torch.Tensor:
+    """(N, N) matrix of one channel of a depthwise conv (bias excluded) on an H x W grid.
+
+    ``dwc_matrix(conv, c, hw) @ v[:, c]`` equals channel ``c`` of ``conv`` applied to v
+    on the grid, i.e. the conv as an attention matrix (paper Fig. 5).
+    """
+    n = hw[0] * hw[1]
+    basis = torch.eye(n, dtype=conv.weight.dtype, device=conv.weight.device).reshape(n, 1, *hw)
+    out = F.conv2d(basis, conv.weight[channel:channel + 1], padding=conv.padding)   # (N, 1, H, W)
+    return out.reshape(n, n).t()                                                   # column j = response to e_j
+
+
+def dwc_channel(module: FocusedLinearAttention, head: int, channel: int) -> int:
+    """Conv channel acting on channel ``channel`` of head ``head``.
+
+    Focused attention shares one d-channel conv across heads; the Table 3
+    'enhanced' conv has all C channels.
+    """
+    if module.dwc.weight.shape[0] == module.head_dim:
+        return channel
+    return head * module.head_dim + channel
+
+
+def dwc_row(conv: nn.Conv2d, channel: int, hw: Tuple[int, int], index: int) -> torch.Tensor:
+    """Row ``index`` of :func:`dwc_matrix` (the conv weights one output token puts on every input), (N,).
+
+    The kernel placed around the token, clipped at the border (zero padding);
+    O(N) instead of the O(N^2) of the full matrix. Needs 'same' padding (k // 2).
+    """
+    H, W = hw
+    k = conv.weight.shape[-1]
+    p = conv.padding[0]
+    yi, xi = divmod(index, W)
+    canvas = conv.weight.new_zeros(H + 2 * p, W + 2 * p)                  # input grid, padded by p
+    canvas[yi:yi + k, xi:xi + k] = conv.weight[channel, 0]
+    return canvas[p:p + H, p:p + W].reshape(-1)

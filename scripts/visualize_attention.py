@@ -1,0 +1,203 @@
+"""Paper Fig. 3 / Fig. 8: attention weights of one query token, softmax vs linear vs focused.
+
+Runs the model on one image, records q and k of the chosen focused attention
+module (``--block``, counted over the model's focused attention modules; see
+``--list``) and draws, for the query token at ``--query row,col`` of that
+attention's token grid:
+
+* the input with the query token marked in red;
+* **Softmax**: ``softmax(q k^T / sqrt(d))`` on the same q, k;
+* **Linear**: vanilla ReLU linear attention on the same q, k (the module's
+  kernel with the focusing function switched off);
+* **Focused**: the module's focused linear attention (for a Table 3 kind:
+  that kind's weights);
+* **Focused + DWC**: the equivalent attention ``|A + D|`` (D = the depthwise
+  conv as an N x N matrix, averaged over its channels), row-normalised -- the
+  local term that the rank analysis of Fig. 5 adds.
+
+Weights are averaged over heads unless ``--head`` is given. The paper's
+softmax map comes from a separately trained softmax model; here every panel
+uses the q, k of one model, which isolates the effect of the mapping function.
+For windowed attention (Swin with a window smaller than the stage) the map
+covers one window (``--window``), and ``--query`` is inside it.
+
+Usage (from the repository root)::
+
+    .venv/bin/python scripts/visualize_attention.py --cfg configs/flatten_deit_t.yaml --resume deit.pth \\
+        --image cat.jpg --block 2 --query 7,7 --out attention.png
+    .venv/bin/python scripts/visualize_attention.py --cfg configs/flatten_swin_t.yaml --list
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Tuple
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from scripts.attention_tools import (build, capture_attend, dwc_channel, dwc_row, focused_modules,  # noqa: E402
+                                     global_weights, load_image, softmax_weights, vanilla_linear_weights)
+
+
+def parse_query(text: Optional[str], hw: Tuple[int, int]) -> Tuple[int, int]:
+    if text is None:
+        return hw[0] // 2, hw[1] // 2
+    try:
+        r, c = (int(t) for t in text.split(","))
+    except ValueError:
+        raise SystemExit(f"error: --query expects row,col, got {text!r}") from None
+    if not (0 <= r < hw[0] and 0 <= c < hw[1]):
+        raise SystemExit(f"error: --query {r},{c} is outside the {hw[0]}x{hw[1]} token grid of this attention")
+    return r, c
+
+
+def key_grid(m: int, hw: Tuple[int, int]) -> Tuple[int, int]:
+    """Grid of the M grid keys: the query grid, or a uniformly reduced one (PVT key reduction)."""
+    if m == hw[0] * hw[1]:
+        return hw
+    r = round((hw[0] * hw[1] / m) ** 0.5)
+    if r < 1 or (hw[0] // r) * (hw[1] // r) != m:
+        raise SystemExit(f"error: cannot place {m} keys on a grid related to {hw}")
+    return hw[0] // r, hw[1] // r
+
+
+def query_maps(module, rec: dict, query: Tuple[int, int], head: Optional[int], window: int) -> List[tuple]:
+    """[(title, (Hk, Wk) map of the query's weights over the grid keys)] for every panel."""
+    q, k, hw, p = rec["q"], rec["k"], rec["hw"], rec["num_prefix_tokens"]
+    if not 0 <= window < q.shape[0]:
+        raise SystemExit(f"error: --window {window}: this attention ran on {q.shape[0]} windows")
+    q, k = q[window:window + 1].float(), k[window:window + 1].float()
+    qi = p + query[0] * hw[1] + query[1]
+    q1 = q[:, qi:qi + 1]                                                  # (1, 1, C): weights are per query
+    kg = key_grid(k.shape[1] - p, hw)
+
+    def row(weights: torch.Tensor) -> torch.Tensor:                       # (1, h, 1, M) -> (Hk, Wk)
+        w = weights[0, :, 0, p:]
+        w = w.mean(0) if head is None else w[head]
+        return w.reshape(kg)
+
+    kind = getattr(module, "kind", "focused")
+    with torch.no_grad():
+        focused = global_weights(module, q1, k)
+        panels = [("Softmax", row(softmax_weights(module, q1, k))),
+                  ("Linear", row(vanilla_linear_weights(module, q1, k))),
+                  ("Focused" if kind == "focused" else f"{kind} (Table 3)", row(focused))]
+        if module.dwc is not None and kg == tuple(hw):
+            heads = range(focused.shape[1]) if head is None else [head]
+            if kind == "hydra":
+                heads = []
+            eq = []
+            for h in heads:
+                a = focused[0, h, 0, p:]                                   # (N,)
+                for c in range(module.head_dim):
+                    d = dwc_row(module.dwc, dwc_channel(module, h, c), hw, qi - p).to(a.dtype)
+                    e = (a + d).abs()
+                    eq.append(e / e.sum())
+            if eq:
+                title = "Focused + DWC" if kind == "focused" else f"{kind} + DWC"
+                panels.append((title, torch.stack(eq).mean(0).reshape(kg)))
+    return panels
+
+
+def draw(panels: List[tuple], image: torch.Tensor, hw: Tuple[int, int], query: Tuple[int, int],
+         on_image: bool, title: str, out: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    n = len(panels) + 1
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0))
+    size = image.shape[0]
+    cell = (size / hw[0], size / hw[1]) if on_image else (1.0, 1.0)
+    extent = (0, size, size, 0) if on_image else (0, hw[1], hw[0], 0)
+
+    def mark(ax):
+        ax.add_patch(Rectangle((query[1] * cell[1], query[0] * cell[0]), cell[1], cell[0],
+                               fill=False, edgecolor="red", linewidth=2))
+
+    ax = axes[0]
+    if on_image:
+        ax.imshow(image.numpy(), extent=extent)
+    else:
+        ax.imshow(torch.zeros(hw).numpy(), cmap="gray", extent=extent)
+    mark(ax)
+    ax.set_title("Query", fontsize=9)
+    for ax, (name, m) in zip(axes[1:], panels):
+        m = m.float()
+        kh, kw = m.shape
+        if on_image:
+            ax.imshow(image.mean(-1).numpy(), cmap="gray", extent=extent)      # grey image under the map
+            ax.imshow(m.numpy(), cmap="jet", alpha=0.6, extent=extent, interpolation="nearest")
+        else:
+            ax.imshow(m.numpy(), cmap="Blues", extent=(0, kw, kh, 0), interpolation="nearest")
+        if (kh, kw) == tuple(hw):
+            mark(ax)
+        ax.set_title(f"{name}\nmax {m.max():.3f}", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="model config (YAML)")
+    parser.add_argument("--resume", metavar="FILE", help="checkpoint to load (default: random weights)")
+    parser.add_argument("--image", help="input image (default: a fixed random image)")
+    parser.add_argument("--block", type=int, default=0, help="index of the focused attention module (see --list)")
+    parser.add_argument("--query", metavar="ROW,COL", help="query token on the attention's grid (default: centre)")
+    parser.add_argument("--head", type=int, help="one head (default: mean over heads)")
+    parser.add_argument("--window", type=int, default=0, help="window index for windowed attention (default 0)")
+    parser.add_argument("--out", default="attention.png", help="PNG to write")
+    parser.add_argument("--npz", metavar="PATH", help="also save the maps (numpy .npz)")
+    parser.add_argument("--list", action="store_true", help="list the focused attention modules and exit")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+
+    cfg, model = build(args.cfg, args.opts, args.resume)
+    mods = focused_modules(model)
+    if not mods:
+        raise SystemExit(f"error: {args.cfg} has no focused linear attention (ATTN_TYPE {cfg.MODEL.LA.ATTN_TYPE})")
+    if args.list:
+        for i, (name, m) in enumerate(mods):
+            print(f"{i:>3}  {name}  ({m.extra_repr()})")
+        return 0
+    if not 0 <= args.block < len(mods):
+        raise SystemExit(f"error: --block {args.block}: the model has {len(mods)} focused attention modules "
+                         f"(0..{len(mods) - 1}); see --list")
+    name, module = mods[args.block]
+    if args.head is not None and not 0 <= args.head < module.num_heads:
+        raise SystemExit(f"error: --head {args.head}: this attention has {module.num_heads} heads")
+    x, show = load_image(args.image, cfg)
+    with capture_attend([module]) as records, torch.no_grad():
+        model(x)
+    rec = records[0]
+    hw = rec["hw"]
+    query = parse_query(args.query, hw)
+    panels = query_maps(module, rec, query, args.head, args.window)
+    on_image = rec["q"].shape[0] == x.shape[0]                            # one window = the whole image
+    head = "mean over heads" if args.head is None else f"head {args.head}"
+    title = (f"{cfg.MODEL.NAME}  {name}  query {query[0]},{query[1]} on {hw[0]}x{hw[1]}  ({head}"
+             + ("" if on_image else f", window {args.window}") + ")")
+    draw(panels, show, hw, query, on_image, title, args.out)
+    if args.npz:
+        import numpy as np
+        np.savez(args.npz, **{t.lower().replace(" ", "_").replace("+", "plus"): m.numpy() for t, m in panels})
+    print(f"{name}: " + ", ".join(f"{t} max {m.max():.4f}" for t, m in panels))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
