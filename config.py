@@ -159,8 +159,9 @@ def _merge_file(cfg: CN, path: str, seen: tuple = ()) -> None:
 
 def _key_message(e: KeyError) -> str:
     msg = str(e.args[0]) if e.args else str(e)
-    if msg.startswith("Non-existent config key:"):
-        return "unknown key " + msg.split(":", 1)[1].strip()
+    for prefix in ("Non-existent config key:", "Non-existent key:"):
+        if msg.startswith(prefix):
+            return "unknown key " + msg.split(":", 1)[1].strip()
     return msg
 
 

@@ -152,8 +152,8 @@ def train_one_epoch(
     loss_sum = norm_sum = 0.0
     steps_done = 0
     stopped = False
-    start = end = time.time()
-    data_time = step_time = 0.0
+    start = step_start = tic = time.time()
+    data_time = step_time = 0.0   # waiting for batches / whole optimizer steps, over the print window
     window_loss = window_norm = 0.0
     window_steps = 0
 
@@ -161,7 +161,7 @@ def train_one_epoch(
     for images, targets in loader:
         if micro >= total_micro:
             break
-        data_time += time.time() - end
+        data_time += time.time() - tic
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if mixup_fn is not None:
@@ -186,6 +186,7 @@ def train_one_epoch(
         window_loss += loss_value / accum
         loss_sum += loss_value / accum
         if not last_micro:
+            tic = time.time()
             continue
 
         if scaler is not None:
@@ -208,12 +209,14 @@ def train_one_epoch(
         num_updates += 1
         scheduler.step_update(num_updates=num_updates)
         norm = float(grad_norm)
-        norm_sum += norm
-        window_norm += norm
+        if math.isfinite(norm):  # float16 overflow steps (skipped by the scaler) stay out of the mean
+            norm_sum += norm
+            window_norm += norm
         window_steps += 1
         _sync(device)
-        step_time += time.time() - end
-        end = time.time()
+        now = time.time()
+        step_time += now - step_start
+        step_start = tic = now
 
         if step % print_freq == 0 or step == steps_per_epoch:
             lr = optimizer.param_groups[0]["lr"]

@@ -125,8 +125,9 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias().unsqueeze(0)                 # (1, h, N, N)
         if mask is not None:
             nw = mask.shape[0]
-            bias = bias + mask.unsqueeze(1)                               # (nW, h, N, N)
-            q, k, v = (t.unflatten(0, (b_ // nw, nw)) for t in (q, k, v))  # (B, nW, h, N, d)
+            # One bias per window of the batch, (B*nW, h, N, N): SDPA's fused kernels take 4-d
+            # inputs; a (B, nW, h, N, d) batch would run its slower unfused math path.
+            bias = (bias + mask.unsqueeze(1)).repeat(b_ // nw, 1, 1, 1)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
                                            dropout_p=self.attn_drop if self.training else 0.)
         x = x.reshape(b_, self.num_heads, n, -1).transpose(1, 2).reshape(b_, n, c)  # (B*nW, N, C)
@@ -295,6 +296,8 @@ class FLattenSwinTransformer(nn.Module):
         patch_norm: LayerNorm after the patch embedding.
         attn_drop_rate: dropout on softmax attention weights.
         global_pool: 'avg' or '' (no pooling) before ``head``.
+        softmax_window: window of the 'S' stages; None keeps the released rule above
+            (e.g. 8 runs 512 inputs, whose stage grids 7 and 12 do not tile).
     """
 
     def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, in_chans: int = 3, num_classes: int = 1000,
@@ -303,7 +306,7 @@ class FLattenSwinTransformer(nn.Module):
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  window_size: int = 56, mlp_ratio: float = 4., qkv_bias: bool = True, patch_size: int = 4,
                  ape: bool = False, patch_norm: bool = True, attn_drop_rate: float = 0.,
-                 global_pool: str = "avg"):
+                 global_pool: str = "avg", softmax_window: Optional[int] = None):
         super().__init__()
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
@@ -335,7 +338,7 @@ class FLattenSwinTransformer(nn.Module):
         for i in range(num_stages):
             dim = embed_dim * 2 ** i
             res = (grid[0] // 2 ** i, grid[1] // 2 ** i)
-            stage_window = window_size if attn_types[i] == "L" else softmax_window_size(window_size)
+            stage_window = window_size if attn_types[i] == "L" else (softmax_window or softmax_window_size(window_size))
             stages.append(FLattenSwinStage(
                 dim, res, depths[i], num_heads[i], attn_types[i], stage_window,
                 downsample=i < num_stages - 1, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],

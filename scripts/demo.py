@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     acc1 = result["acc1"]
     print(f"\ndemo: FLatten-PVTv2 (tiny) on sklearn digits, {result['images']} validation images")
     print(f"demo: Acc@1 {acc1:.2f} %  Acc@5 {result['acc5']:.2f} %  (chance {CHANCE:.0f} %)  "
-          f"training {train_time:.0f} s with {args.nproc} processes")
+          f"train command {train_time:.0f} s with {args.nproc} processes")
     print(f"demo: checkpoints and logs in {out}")
     if acc1 < PASS_ACC1:
         print(f"demo: FAILED: Acc@1 {acc1:.2f} % is not far above chance (needs >= {PASS_ACC1:.0f} %)")

@@ -18,6 +18,10 @@ Usage (from the repository root)::
 
     .venv/bin/python scripts/plot_fig7.py bench_cpu.json bench_gpu.json --out fig7.png
     .venv/bin/python scripts/plot_fig7.py bench.json --x batch --families swin pvt --out fig7.png
+
+The paper's figure: ``benchmark.py --models 'flatten_swin_[tsb]' 'swin_[tsb]' 'flatten_pvt_[sml]'
+'pvt_[sml]' --batch 1 --json bench.json`` on each machine, then this script with
+``--families swin pvt``.
 """
 from __future__ import annotations
 
@@ -74,11 +78,18 @@ def size_label(model: str) -> str:
     return (m.group(1).upper() + ("-384" if m.group(2) else "")) if m else config_name(model)
 
 
-def runtime_ms(result: dict, meta: dict, per: str) -> Optional[float]:
-    """Runtime in ms per image (``per='image'``) or per batch."""
+def native_size(model: str) -> int:
+    """Resolution of a config's Table 8 row: 384 for the *_384 models, else 224."""
+    return 384 if config_name(model).endswith("_384") else 224
+
+
+def runtime_ms(result: dict, meta: dict, per: str, stat: str = "median") -> Optional[float]:
+    """Runtime in ms per image (``per='image'``) or per batch; ``stat='best'``: the fastest round."""
     batch = result.get("batch") or meta.get("batch")
-    ms_batch = result.get("ms_per_batch")
-    ips = result.get("img_per_s")
+    if stat == "best":
+        ms_batch, ips = result.get("ms_min"), result.get("img_per_s_best")
+    else:
+        ms_batch, ips = result.get("ms_per_batch"), result.get("img_per_s")
     if per == "batch":
         if ms_batch is not None:
             return float(ms_batch)
@@ -110,8 +121,13 @@ def describe(meta: dict) -> str:
     return hw + (" (" + ", ".join(e for e in extra if e) + ")" if any(extra) else "")
 
 
-def collect(data: dict, per: str, families: Optional[List[str]]) -> Tuple[Dict[tuple, list], List[str]]:
-    """Curves {(family, attention, impl): [(runtime, acc, label, model), ...]} and skipped models."""
+def collect(data: dict, per: str, families: Optional[List[str]], stat: str = "median",
+            img_size: Optional[int] = None) -> Tuple[Dict[tuple, list], List[str]]:
+    """Curves {(family, attention, impl): [(runtime, acc, label, model), ...]} and skipped models.
+
+    Only rows at the model's own resolution (224, or 384 for *_384) are used,
+    or at ``img_size`` when given.
+    """
     meta = data.get("meta", {}) or {}
     curves: Dict[tuple, list] = defaultdict(list)
     skipped = []
@@ -120,7 +136,11 @@ def collect(data: dict, per: str, families: Optional[List[str]]) -> Tuple[Dict[t
         if r.get("error"):
             skipped.append(f"{model} ({r.get('impl', '?')}): error in benchmark")
             continue
-        acc, rt = accuracy(r), runtime_ms(r, meta, per)
+        size = r.get("img_size") or meta.get("img_size")
+        if size and size != (img_size or native_size(model)):
+            skipped.append(f"{model} ({r.get('impl', '?')}): measured at {size}px")
+            continue
+        acc, rt = accuracy(r), runtime_ms(r, meta, per, stat)
         if acc is None or rt is None:
             skipped.append(f"{model} ({r.get('impl', '?')}): " + ("no Table 8 accuracy" if acc is None else "no runtime"))
             continue
@@ -185,6 +205,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="runtime axis: ms per image (default) or ms per batch")
     parser.add_argument("--families", nargs="+", metavar="FAMILY",
                         help="only these families (e.g. swin pvt, the paper's two)")
+    parser.add_argument("--stat", choices=["median", "best"], default="median",
+                        help="runtime: median over rounds (default) or the fastest round (shared machines)")
+    parser.add_argument("--img-size", type=int,
+                        help="use rows measured at this resolution (default: each model's own, 224 / 384)")
     parser.add_argument("--titles", nargs="+", help="panel titles (default: hardware from each file's meta)")
     args = parser.parse_args(argv)
 
@@ -203,7 +227,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
             print(f"error: {path} is not a benchmark.py result (no 'results' list)", file=sys.stderr)
             return 2
-        curves, skipped = collect(data, args.x, args.families)
+        mode = (data.get("meta") or {}).get("mode", "models")
+        if mode != "models":
+            print(f"error: {path} is a benchmark.py --{mode} result; Fig. 7 needs the models mode "
+                  "(benchmark.py --models ... --json FILE)", file=sys.stderr)
+            return 2
+        curves, skipped = collect(data, args.x, args.families, args.stat, args.img_size)
         title = args.titles[i] if args.titles and i < len(args.titles) else describe(data.get("meta", {}) or {})
         panels.append((curves, title))
         print(f"{path}: {title}")

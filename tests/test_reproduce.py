@@ -304,3 +304,16 @@ def test_eval_released_runs_main(tmp_path, capsys):
     assert rows[0]["published_acc1"] == pytest.approx(71.098) and rows[0]["published_acc5"] == pytest.approx(90.596)
     assert rc == 1 and rows[0]["status"].startswith("DIFF")              # random weights: far from 71.1
     assert "flatten_pvt_v2_b0" in capsys.readouterr().out
+
+
+def test_plot_fig7_from_benchmark_smoke(tmp_path):
+    """Issue 4: benchmark.py's smoke JSON is valid input for plot_fig7.py."""
+    bench = pytest.importorskip("scripts.benchmark")
+    from scripts.plot_fig7 import main
+    src = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--impl", "ours", "--json", str(src)]) in (0, None)
+    data = json.loads(src.read_text())
+    assert data["results"] and all("ms_per_batch" in r or r.get("error") for r in data["results"])
+    out = tmp_path / "fig7.png"
+    assert main([str(src), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

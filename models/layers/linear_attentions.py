@@ -124,6 +124,10 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     return (q @ kv) * z
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     b, n, _ = x.shape
     return x.reshape(b, n, num_heads, -1).transpose(1, 2)               # (B, h, N, d)
@@ -171,7 +175,7 @@ def attend_linear_attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor,
     out_dtype = v.dtype
     kind = module.kind
     with torch.autocast(q.device.type, enabled=False):
-        qf, kf, vf = q.float(), k.float(), v.float()
+        qf, kf, vf = (_at_least_fp32(t) for t in (q, k, v))
         if kind == "hydra":
             x = hydra_attention(qf, kf, vf)                              # (B, N, C)
         else:
@@ -194,8 +198,7 @@ def linear_attention_weights(module: nn.Module, q: torch.Tensor, k: torch.Tensor
         (B, h', N, M): h' = C for hydra (one head per channel), else the module's heads.
         ``weights @ v`` per head equals the global part of :func:`attend_linear_attention`.
     """
-    if q.dtype in (torch.float16, torch.bfloat16):
-        q, k = q.float(), k.float()
+    q, k = _at_least_fp32(q), _at_least_fp32(k)
     kind = module.kind
     if kind == "hydra":
         qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
