@@ -171,9 +171,7 @@ def _merge_opts(cfg: CN, opts: Iterable[str]) -> None:
         raise ConfigError(f"--opts needs KEY VALUE pairs, got an odd number of items: {opts}")
     try:
         cfg.merge_from_list(opts)
-    except AssertionError as e:
-        raise ConfigError(f"--opts: {e}") from None
-    except KeyError as e:
+    except (AssertionError, KeyError) as e:
         raise ConfigError(f"--opts: {_key_message(e)}") from None
     except ValueError as e:
         raise ConfigError(f"--opts: {e}") from None

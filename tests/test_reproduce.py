@@ -2,8 +2,9 @@
 
 The Table 3 attentions are checked against direct N x N formulas; every
 config of ``configs/ablations/`` is built and trained for one step (DeiT-T at
-full size; Swin-T at 224 with the config's attention layout but a narrow,
-shallow body, so windows and global stages are those of the config); the
+full width and resolution with 2 blocks; Swin-T at 224 with the config's
+attention layout but a narrow, shallow body, so windows and global stages are
+those of the config); the
 scripts run on tiny models and their outputs are checked.
 """
 import glob
@@ -25,8 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATION_DIR = os.path.join(ROOT, "configs", "ablations")
 ABLATION_CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
                           for p in glob.glob(os.path.join(ABLATION_DIR, "*.yaml")))
-# Swin-T rows run at 224 with the config's windows / attention types but a narrow, shallow body.
-SMALL_SWIN = ["MODEL.EMBED_DIM", "32", "MODEL.NUM_HEADS", "[1,2,4,8]", "MODEL.DEPTHS", "[2,2,2,2]"]
+# Swin-T rows run at 224 with the config's windows / attention types but a narrow, shallow body;
+# DeiT-T rows at full width and resolution (197 tokens, 3 heads of 64) with 2 of the 12 blocks.
+SHRINK = {"flatten_swin": ["MODEL.EMBED_DIM", "32", "MODEL.NUM_HEADS", "[1,2,4,8]", "MODEL.DEPTHS", "[2,2,2,2]"],
+          "flatten_deit": ["MODEL.DEPTHS", "[2]"]}
 # A tiny FLatten-DeiT: 6 x 6 patch grid (N = 36 > d = 16), 2 blocks.
 TINY_DEIT = ["configs/flatten_deit_t.yaml", "--opts", "DATA.IMG_SIZE", "96", "MODEL.EMBED_DIM", "48",
              "MODEL.NUM_HEADS", "[3]", "MODEL.DEPTHS", "[2]"]
@@ -170,8 +173,7 @@ def test_every_ablation_config_is_a_table_row():
 def test_ablation_config_builds_and_trains(name):
     path = os.path.join(ABLATION_DIR, name + ".yaml")
     cfg = config_lib.load_config(path)
-    small = SMALL_SWIN if cfg.MODEL.TYPE == "flatten_swin" else []
-    cfg = config_lib.load_config(path, small)
+    cfg = config_lib.load_config(path, SHRINK.get(cfg.MODEL.TYPE, []))
     torch.manual_seed(0)
     model = models.build_model(cfg)
     _expected_layout(cfg, model)
