@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fnmatch
 import glob
 import importlib.util
@@ -130,6 +131,8 @@ def make_meta(args, device: torch.device, mode: str) -> Dict[str, Any]:
         "dtype": "float32" if args.amp == "none" else f"autocast {args.amp}",
         "img_size": args.img_size,
         "compile": bool(args.compile),
+        "inductor_freezing": bool(args.freezing),
+        "channels_last": bool(args.channels_last),
         "train": bool(args.train),
         "warmup": args.warmup,
         "rounds": args.rounds,
@@ -150,12 +153,26 @@ def _loadavg() -> Optional[List[float]]:
         return None
 
 
-def tag(meta: Dict[str, Any], img_size: Optional[int] = None) -> str:
+def tag(meta: Dict[str, Any], img_size: Optional[int] = None, compiled: Optional[bool] = None) -> str:
     """Context printed beside every figure."""
     img = img_size or meta.get("img_size") or "cfg"
+    compiled = meta.get("compile") if compiled is None else compiled
+    mode = ("compiled" + (" +freezing" if meta.get("inductor_freezing") else "")) if compiled else "eager"
     return (f"[{meta['hardware']}; torch {meta['torch']}; timm {meta['timm']}; batch {meta['batch']}; "
-            f"{meta['dtype']}; {meta['device']}; {img}px{'; compiled' if meta.get('compile') else ''}"
-            f"{'; train step' if meta.get('train') else ''}]")
+            f"{meta['dtype']}; {meta['device']}; {img}px; {mode}"
+            f"{'; channels-last' if meta.get('channels_last') else ''}{'; train step' if meta.get('train') else ''}]")
+
+
+def with_compile(cands: List[Candidate], args) -> List[Candidate]:
+    """Compiled copies of the candidates (and the eager ones too with --eager-too)."""
+    if not args.compile:
+        return cands
+    out = []
+    for c in cands:
+        if args.eager_too:
+            out.append(c)
+        out.append(dataclasses.replace(c, compiled=True))
+    return out
 
 
 # ============================================================================ candidates
@@ -168,6 +185,7 @@ class Candidate:
     build: Callable[[], nn.Module]
     img_size: int
     extra: Dict[str, Any] = field(default_factory=dict)
+    compiled: bool = False
 
 
 def config_files() -> Dict[str, str]:
@@ -228,7 +246,7 @@ class OfficialCode:
         name = f"flatten_official.{fname}"
         spec = importlib.util.spec_from_file_location(name, os.path.join(self.path, "models", f"{fname}.py"))
         mod = importlib.util.module_from_spec(spec)
-        ours = {n: timm.models.get_model_entrypoint(n) for n in timm.list_models("flatten_*")}
+        ours = {n: timm.models.model_entrypoint(n) for n in timm.list_models("flatten_*")}
         sys.modules[name] = mod  # timm's register_model looks the module up there
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -242,7 +260,7 @@ class OfficialCode:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 for n, fn in ours.items():
-                    if timm.models.get_model_entrypoint(n, module_filter=None) is not fn:
+                    if timm.models.model_entrypoint(n) is not fn:
                         timm.models.register_model(fn)
         self._modules[family] = mod
         return mod
@@ -353,8 +371,9 @@ def sync(device: torch.device) -> None:
 class _LiveTensors(TorchDispatchMode):
     """Peak bytes of the storages of tensors created while active (counted once per storage)."""
 
-    def __init__(self):
+    def __init__(self, exclude: Sequence[torch.Tensor] = ()):
         super().__init__()
+        self.exclude = {t.untyped_storage().data_ptr() for t in exclude}   # counted separately (weights, ...)
         self.live: Dict[int, List[int]] = {}     # storage ptr -> [bytes, tensors alive]
         self.current = self.peak = 0
 
@@ -373,7 +392,7 @@ class _LiveTensors(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and t.device.type == "cpu":
                 storage = t.untyped_storage()
                 key, nbytes = storage.data_ptr(), storage.nbytes()
-                if not key or not nbytes:
+                if not key or not nbytes or key in self.exclude:
                     continue
                 if key in self.live:
                     self.live[key][1] += 1
@@ -405,7 +424,7 @@ def peak_memory_mb(model: nn.Module, step: Callable[[], None], x: torch.Tensor, 
     base = list(model.parameters()) + list(model.buffers()) + [x]
     if opt is not None:
         base += [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    tracker = _LiveTensors()
+    tracker = _LiveTensors(exclude=base)
     with tracker:
         step()
     return (tensor_bytes(base) + tracker.peak) / 2 ** 20
@@ -420,11 +439,15 @@ def _build_steps(cands: List[Candidate], args, device: torch.device, batch: int)
             model = c.build().to(device)
             x = torch.randn(batch, 3, c.img_size, c.img_size, device=device)
             fullgraph = c.impl == "ours"
-            step, opt = make_step(model, x, args.train, args.amp, device, args.compile, fullgraph)
-            eager_step = step
-            if args.compile and device.type == "cpu":   # memory is tracked on the eager model
-                eager_step, _ = make_step(model, x, args.train, args.amp, device, False, False)
-            prepared.append(dict(c=c, model=model, x=x, step=step, eager_step=eager_step, opt=opt, error=None))
+            if args.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+            step, opt = make_step(model, x, args.train, args.amp, device, c.compiled, fullgraph)
+            eager_step, eager_opt = step, opt
+            if c.compiled and device.type == "cpu":   # memory is tracked on the eager model
+                eager_step, eager_opt = make_step(model, x, args.train, args.amp, device, False, False)
+            prepared.append(dict(c=c, model=model, x=x, step=step, eager_step=eager_step, opt=opt,
+                                 eager_opt=eager_opt, error=None))
         except Exception as e:  # report and go on with the others
             _logger.warning("%s (%s): %s", c.model, c.impl, e)
             prepared.append(dict(c=c, error=f"{type(e).__name__}: {e}".splitlines()[0][:300]))
@@ -458,7 +481,7 @@ def time_round_robin(prepared: List[dict], args, device: torch.device, batch: in
     for p in prepared:
         c = p["c"]
         res: Dict[str, Any] = {"model": c.model, "impl": c.impl, "family": c.family, "attention": c.attention,
-                               "img_size": c.img_size, "batch": batch, **c.extra}
+                               "img_size": c.img_size, "batch": batch, "compiled": c.compiled, **c.extra}
         if p["error"] is not None:
             res["error"] = p["error"]
             results.append(res)
@@ -470,7 +493,8 @@ def time_round_robin(prepared: List[dict], args, device: torch.device, batch: in
                    warmup_s=round(p.get("warmup_s", 0.0), 2))
         if memory:
             try:
-                res["peak_mem_mb"] = peak_memory_mb(p["model"], p["eager_step"], p["x"], device, p["opt"])
+                res["peak_mem_mb"] = peak_memory_mb(p["model"], p["eager_step"], p["x"], device,
+                                                    p.get("eager_opt"))
             except Exception as e:  # memory is a bonus; never lose the timing for it
                 _logger.warning("memory of %s (%s): %s", c.model, c.impl, e)
                 res["peak_mem_mb"] = None
@@ -484,14 +508,16 @@ def fmt_mem(v: Optional[float]) -> str:
 
 
 def print_results(results: List[Dict[str, Any]], meta: Dict[str, Any]) -> None:
-    print(f"{'model':<22} {'impl':<9} {'attention':<9} {'img/s':>9} {'ms/batch':>10} {'(min)':>9} "
+    print(f"{'model':<22} {'impl':<9} {'mode':<9} {'attention':<9} {'img/s':>9} {'ms/batch':>10} {'(min)':>9} "
           f"{'peak MB':>9}  context")
     for r in results:
+        mode = "compiled" if r.get("compiled") else "eager"
         if r.get("error"):
-            print(f"{r['model']:<22} {r['impl']:<9} {r['attention']:<9} ERROR {r['error']}")
+            print(f"{r['model']:<22} {r['impl']:<9} {mode:<9} {r['attention']:<9} ERROR {r['error']}")
             continue
-        print(f"{r['model']:<22} {r['impl']:<9} {r['attention']:<9} {r['img_per_s']:9.2f} {r['ms_per_batch']:10.1f} "
-              f"{r['ms_min']:9.1f} {fmt_mem(r.get('peak_mem_mb'))}  {tag(meta, r.get('img_size'))}")
+        print(f"{r['model']:<22} {r['impl']:<9} {mode:<9} {r['attention']:<9} {r['img_per_s']:9.2f} "
+              f"{r['ms_per_batch']:10.1f} {r['ms_min']:9.1f} {fmt_mem(r.get('peak_mem_mb'))}  "
+              f"{tag(meta, r.get('img_size'), r.get('compiled'))}")
     speedups = summarize(results)
     if speedups:
         print("\nspeed-ups (img/s ratio of medians; of best rounds in brackets):")
@@ -500,18 +526,27 @@ def print_results(results: List[Dict[str, Any]], meta: Dict[str, Any]) -> None:
 
 
 def summarize(results: List[Dict[str, Any]]) -> List[str]:
-    ok = {(r["model"], r["impl"]): r for r in results if not r.get("error")}
+    """Our FLatten models against the official ones, our softmax baselines and timm's, every mode pair."""
+    ok = [r for r in results if not r.get("error") and r.get("img_per_s")]
+    mode = lambda r: "compiled" if r.get("compiled") else "eager"  # noqa: E731
     lines = []
-    for (name, impl), r in ok.items():
-        if impl != "ours" or not name.startswith("flatten_"):
+    for r in ok:
+        if r["impl"] != "ours" or not r["model"].startswith("flatten_"):
             continue
-        pairs = [(ok.get((name, "official")), "official " + name)]
-        base = name.removeprefix("flatten_")
-        pairs += [(ok.get((base, "ours")), f"our softmax {base}"), (ok.get((base, "timm")), f"timm {base}")]
-        for other, label in pairs:
-            if other is not None:
-                lines.append(f"ours {name} vs {label}: {r['img_per_s'] / other['img_per_s']:.2f}x "
-                             f"({r['img_per_s_best'] / other['img_per_s_best']:.2f}x)")
+        base = r["model"].removeprefix("flatten_")
+        for o in ok:
+            if o is r:
+                continue
+            if o["model"] == r["model"] and o["impl"] == "official":
+                label = f"official {o['model']}"
+            elif o["model"] == base and o["impl"] in ("ours", "timm"):
+                label = f"{'our' if o['impl'] == 'ours' else 'timm'} softmax {base}"
+            elif o["model"] == r["model"] and o["impl"] == "ours":
+                label = f"ours {o['model']}"
+            else:
+                continue
+            lines.append(f"ours {r['model']} ({mode(r)}) vs {label} ({mode(o)}): "
+                         f"{r['img_per_s'] / o['img_per_s']:.2f}x ({r['img_per_s_best'] / o['img_per_s_best']:.2f}x)")
     return lines
 
 
@@ -596,7 +631,7 @@ def run_scaling(args, device: torch.device) -> Tuple[Dict[str, Any], List[Dict[s
     meta["img_size"] = resolutions
     results: List[Dict[str, Any]] = []
     for res in resolutions:
-        prepared = _build_steps(scaling_candidates(res, args), args, device, args.batch)
+        prepared = _build_steps(with_compile(scaling_candidates(res, args), args), args, device, args.batch)
         rows = time_round_robin(prepared, args, device, args.batch)
         for r in rows:
             r["tokens_stage1"] = (res // 4) ** 2
@@ -781,6 +816,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast precision")
     p.add_argument("--compile", action="store_true", help="torch.compile every model (ours with fullgraph=True)")
+    p.add_argument("--eager-too", action="store_true", help="with --compile: also time every model eager")
+    p.add_argument("--freezing", action="store_true",
+                   help="with --compile, inference: inductor freezing (weights folded as constants; CPU speed-up)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and input")
     p.add_argument("--train", action="store_true", help="time a training step (forward, backward, AdamW)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per candidate (default 3)")
     p.add_argument("--rounds", type=int, default=None, help="round-robin rounds (default 5)")
@@ -813,6 +852,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else torch.device(args.device)
+    if args.freezing:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True
     try:
         with attention_impl(args.attention_impl) if args.attention_impl else contextlib.nullcontext():
             if args.op:
@@ -823,7 +865,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 official = OfficialCode(args.official_path) if "official" in args.impl else None
                 meta = make_meta(args, device, "models")
                 print(f"benchmark: {tag(meta)}")
-                prepared = _build_steps(model_candidates(args, official), args, device, args.batch)
+                prepared = _build_steps(with_compile(model_candidates(args, official), args), args, device,
+                                        args.batch)
                 results = time_round_robin(prepared, args, device, args.batch)
                 print_results(results, meta)
     except BenchmarkError as e:

@@ -9,7 +9,7 @@ from models.layers import InputSizeError
 
 MODEL_NAMES = timm.list_models("flatten_*")
 # Large variants run in the slow suite only; one model per family stays in the default run.
-FAST = {"flatten_deit_tiny_patch16_224", "flatten_pvt_tiny", "flatten_pvt_v2_b0", "flatten_pvt_v2_b1",
+FAST = {"flatten_deit_tiny_patch16_224", "flatten_pvt_tiny", "flatten_pvt_v2_b0",
         "flatten_swin_tiny_patch4_224", "flatten_cswin_tiny_224"}
 
 

@@ -18,6 +18,21 @@ names flat (``attn.scale``, ``attn.dwc.weight``, ...).
 Ablation switches of the paper (Tables 4 and 5) are constructor arguments:
 ``focusing_factor`` (p), ``use_dwc``, ``kernel_size`` and ``focused`` (False
 gives vanilla ReLU linear attention: no focusing function).
+
+Two implementations of :meth:`FocusedLinearAttention.attend` compute the same
+numbers (float32 within 1e-4 relative, gradients included; tests/test_fast_attention.py):
+
+* :meth:`~FocusedLinearAttention.attend_reference`: the steps above one by one,
+  the reference;
+* :meth:`~FocusedLinearAttention.attend_fused` (default): fewer passes over the
+  (N, C) tensors: a fused feature map (:func:`focused_features`, or the Triton
+  kernel of ``triton_fla.py`` on CUDA), ``k^T v`` and the normaliser from one
+  matmul, one depthwise conv over all heads on a channels-last view, and the
+  division and the ``dwc`` sum in one op. No ``.item()``, no data-dependent
+  branches: ``torch.compile(fullgraph=True)`` traces it as is.
+
+``FLATTEN_ATTENTION_IMPL=reference`` (environment) or :func:`set_attention_impl`
+/ :func:`attention_impl` choose between them.
 """
 from __future__ import annotations
 
@@ -32,6 +47,8 @@ import torch.nn.functional as F
 from . import triton_fla
 
 EPS = 1e-6
+# Smallest focused feature of the fused path, relative to the token's largest (1); see focused_features.
+_FEATURE_FLOOR = 1e-18
 
 # -- implementation choice -------------------------------------------------------------
 # 'auto': the fused path; its feature map runs as one Triton kernel on CUDA in eager mode
@@ -106,33 +123,39 @@ def focused_features(x: torch.Tensor, temperature: torch.Tensor, bias: Optional[
 
     ``phi(x) = f_p((relu(x + bias) + eps) / temperature)`` over the last dim equals
     ``u * s`` with the two returned tensors. Compared with :meth:`FocusedLinearAttention.kernel`
-    it takes fewer passes over the (N, C) tensor: bias, ReLU, eps and temperature are
-    one ``addcmul`` and one in-place clamp (``(x + bias + eps) / t`` floored at
-    ``eps / t`` is ``(relu(x + bias) + eps) / t``), the power is taken of
+    it takes fewer passes over the (N, C) tensor: eps and temperature are one
+    ``addcmul`` after the ReLU (``eps / t + relu(x + bias) / t``), the power is taken of
     ``y / max(y)`` in (0, 1] (no overflow for any p or activation size), and the
     per-token factor is returned instead of applied, so a caller that needs phi
     only up to a per-token scale (the queries: it cancels in the normalised
     attention) saves a pass.
 
     Args:
-        x: (..., N, C) queries or keys; half types are promoted by the first op.
+        x: (..., N, C) queries or keys; half types become float32 at the ``addcmul`` (ReLU is exact).
         temperature: (1, 1, C) ``softplus(scale)`` in the compute dtype (float32 or wider).
         bias: (1, N, C) positional encoding added before the kernel, or None.
         p: focusing power.
         focused: apply f_p; False returns the ReLU features ``y`` and no factor.
     Returns:
-        u: (..., N, C) ``(y / max(y))**p`` (``y`` when not focused), in the compute dtype.
+        u: (..., N, C) ``(y / max(y))**p``, floored at 1e-18 (``y`` when not focused), in the
+            compute dtype.
         s: (..., N, 1) ``max(y) * ||y / max(y)|| / ||u||``, or None when not focused.
     """
     inv_t = temperature.reciprocal()
-    floor = inv_t * EPS
-    shift = floor if bias is None else (bias.to(inv_t.dtype) + EPS) * inv_t
-    y = torch.addcmul(shift, x, inv_t).clamp_min_(floor)                # (relu(x + b) + eps) / t
+    r = F.relu(x) if bias is None else F.relu_(x + bias.to(inv_t.dtype))
+    y = torch.addcmul(inv_t * EPS, r, inv_t)                             # (relu(x + b) + eps) / t
     if not focused:
         return y, None
-    peak = y.amax(dim=-1, keepdim=True)                                  # (..., N, 1), > 0
+    # f_p(y) = f_p(y / c) * c for any c > 0, so the result does not depend on the max as a
+    # function: detaching it leaves value and gradient exact and saves its backward.
+    peak = y.amax(dim=-1, keepdim=True).detach()                         # (..., N, 1), > 0
     w = y / peak
     u = w.pow(p)
+    with torch.no_grad():
+        # Floor at 1e-18 (the largest element is 1): invisible in float32, but keeps the squares
+        # in the norm out of the subnormal range, which CPUs compute many times slower. Applied
+        # outside autograd, whose gradient stays that of the unfloored power.
+        u.clamp_min_(_FEATURE_FLOOR)
     s = peak * (torch.linalg.vector_norm(w, dim=-1, keepdim=True)
                 / torch.linalg.vector_norm(u, dim=-1, keepdim=True))
     return u, s
