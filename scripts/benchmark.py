@@ -490,6 +490,7 @@ def time_round_robin(prepared: List[dict], args, device: torch.device, batch: in
         res.update(img_per_s=batch / med, ms_per_batch=1e3 * med, ms_min=1e3 * best,
                    img_per_s_best=batch / best, rounds_ms=[round(1e3 * t, 2) for t in p["times"]],
                    params_m=sum(q.numel() for q in p["model"].parameters()) / 1e6,
+                   params_mb=sum(q.numel() * q.element_size() for q in p["model"].parameters()) / 2 ** 20,
                    warmup_s=round(p.get("warmup_s", 0.0), 2))
         if memory:
             try:
@@ -687,15 +688,16 @@ def plot_scaling(results: List[Dict[str, Any]], meta: Dict[str, Any], path: str)
         style = "-" if name.startswith("flatten_") else ("--" if impl == "timm" else ":")
         k = growth_exponent(rows)
         label = f"{name} ({impl})" + (f", time ~ N^{k:.2f}" if k is not None else "")
-        ax1.plot(xs, [1e3 * r["batch"] / r["ms_per_batch"] / 1e3 for r in rows], style, marker="o", label=label)
-        mem = [(r["img_size"], r.get("peak_mem_mb")) for r in rows if r.get("peak_mem_mb")]
+        ax1.plot(xs, [1e3 * r["batch"] / r["ms_per_batch"] for r in rows], style, marker="o", label=label)
+        mem = [(r["img_size"], r["peak_mem_mb"] - r.get("params_mb", 0.0)) for r in rows if r.get("peak_mem_mb")]
         if mem:
             ax2.plot([m[0] for m in mem], [m[1] for m in mem], style, marker="o", label=f"{name} ({impl})")
-    for ax, ylabel in ((ax1, "images / s"), (ax2, "peak memory (MB)")):
+    for ax, ylabel in ((ax1, "images / s"), (ax2, "peak memory above the weights (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(sorted({r["img_size"] for r in results}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("input resolution (px); tokens in stage 1 = (res/4)^2")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")

@@ -349,7 +349,7 @@ class FocusedLinearAttention(nn.Module):
         temperature = F.softplus(self.scale.to(feat_dtype))                 # (1, 1, C)
         p, focused = self.focusing_factor, self.focused
         if _impl == "triton" or (_impl == "auto" and triton_fla.HAS_TRITON and q.is_cuda
-                                 and not torch.compiler.is_compiling()):
+                                 and feat_dtype == torch.float32 and not torch.compiler.is_compiling()):
             qh = triton_fla.focused_feature_map_triton(q, temperature, None, p, focused, h, EPS, mm_dtype)
             kh = triton_fla.focused_feature_map_triton(k, temperature, self.positional_encoding, p, focused, h,
                                                        EPS, mm_dtype)                 # (B, h, M, d)
