@@ -33,6 +33,8 @@ Usage (from the repository root)::
     .venv/bin/python scripts/benchmark.py --models flatten_swin_t --impl ours official \\
         --official-path ../FLatten-Transformer --batch 16 --json bench.json
     .venv/bin/python scripts/benchmark.py --models 'flatten_*' swin_t pvt_v2_b2 --batch 256 --amp bf16 --compile
+    .venv/bin/python scripts/benchmark.py --models flatten_swin_t --impl ours official --official-path PATH \
+        --batch 16 --compile --eager-too --freezing          # CPU: compiled (weights frozen) and eager
     .venv/bin/python scripts/benchmark.py --models flatten_swin_t --train --batch 64
     .venv/bin/python scripts/benchmark.py --resolutions 224,384,512,768 --batch 1 --plot scaling.png
     .venv/bin/python scripts/benchmark.py --op --batch 16
@@ -155,11 +157,12 @@ def _loadavg() -> Optional[List[float]]:
 
 def tag(meta: Dict[str, Any], img_size: Optional[int] = None, compiled: Optional[bool] = None) -> str:
     """Context printed beside every figure."""
-    img = img_size or meta.get("img_size") or "cfg"
+    img = img_size or meta.get("img_size")
+    img = f"{img}px" if img else "each config's img size"
     compiled = meta.get("compile") if compiled is None else compiled
     mode = ("compiled" + (" +freezing" if meta.get("inductor_freezing") else "")) if compiled else "eager"
     return (f"[{meta['hardware']}; torch {meta['torch']}; timm {meta['timm']}; batch {meta['batch']}; "
-            f"{meta['dtype']}; {meta['device']}; {img}px; {mode}"
+            f"{meta['dtype']}; {meta['device']}; {img}; {mode}"
             f"{'; channels-last' if meta.get('channels_last') else ''}{'; train step' if meta.get('train') else ''}]")
 
 
@@ -807,7 +810,8 @@ def run_op(args, device: torch.device) -> Tuple[Dict[str, Any], List[Dict[str, A
 # ============================================================================ main
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--models", nargs="+", metavar="NAME",
                    help="config names or globs (flatten_swin_t, swin_t, 'flatten_pvt_v2_*'); default: all")
     p.add_argument("--impl", nargs="+", default=["ours", "timm"], choices=["ours", "timm", "official"],

@@ -14,11 +14,9 @@ import textwrap
 import pytest
 import timm
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import models  # noqa: F401  (registers the models)
-from models.layers import focused_linear_attention as fla
 from models.layers import triton_fla
 from models.layers.focused_linear_attention import (EPS, FocusedLinearAttention, attention_impl, focused_features,
                                                     get_attention_impl, set_attention_impl)
