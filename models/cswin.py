@@ -37,6 +37,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from .layers.common import ClassifierMixin, init_linear_and_norm
 from .layers import (FocusedLinearAttention, check_input_size, make_la_kwargs, parse_attn_type,
                      to_2tuple_size)
 from .layers.weights import checkpoint_filter_fn
@@ -261,7 +262,7 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 # ------------------------------------------------------------------------------------------------
 # model
 # ------------------------------------------------------------------------------------------------
-class FlattenCSWin(nn.Module):
+class FlattenCSWin(ClassifierMixin, nn.Module):
     """CSWin Transformer whose stages use focused linear (``L``) or softmax (``S``) attention.
 
     Args:
@@ -302,8 +303,7 @@ class FlattenCSWin(nn.Module):
                             ("la_split_size", la_split_size)):
             if value is not None and len(value) != NUM_STAGES:
                 raise ValueError(f"{name} needs one value per stage ({NUM_STAGES}), got {list(value)}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.checked_global_pool(global_pool)
         attn_types = parse_attn_type(attn_type, NUM_STAGES)
         la_kwargs = make_la_kwargs(**(la_kwargs or {}))
 
@@ -352,17 +352,7 @@ class FlattenCSWin(nn.Module):
         self.norm = norm_layer(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_norm)
 
     # -- timm surface ---------------------------------------------------------------------------
     @torch.jit.ignore
@@ -374,20 +364,6 @@ class FlattenCSWin(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            self._init_weights(self.head)
 
     def _stage(self, i: int) -> Tuple[nn.Module, nn.ModuleList]:
         """(down-sampling module, blocks) of stage ``i`` (0-based)."""

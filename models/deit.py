@@ -32,6 +32,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from .layers import FocusedLinearAttention, check_input_size, checkpoint_filter_fn, to_2tuple_size
+from .layers.common import ClassifierMixin, init_linear_and_norm
 from .layers.focused_linear_attention import make_la_kwargs
 
 __all__ = ["FLattenDeiT"]
@@ -103,7 +104,7 @@ class Block(nn.Module):
         return x
 
 
-class FLattenDeiT(nn.Module):
+class FLattenDeiT(ClassifierMixin, nn.Module):
     """DeiT with focused linear attention.
 
     Args:
@@ -124,6 +125,8 @@ class FLattenDeiT(nn.Module):
         global_pool: 'token' (class token, DeiT) or 'avg' (mean of patch tokens).
     """
 
+    global_pools = ("token", "avg")
+
     def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, in_chans: int = 3,
                  num_classes: int = 1000, drop_rate: float = 0., drop_path_rate: float = 0.1,
                  attn_type: str = "L", la_kwargs: Optional[dict] = None, embed_dim: int = 192,
@@ -141,8 +144,7 @@ class FLattenDeiT(nn.Module):
             num_heads = int(num_heads[0])
         if len(attn_type) != 1 or attn_type not in "LS":
             raise ValueError(f"attn_type of DeiT is one letter, 'L' or 'S', got {attn_type!r}")
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        self.checked_global_pool(global_pool)
         la_kwargs = make_la_kwargs(**(la_kwargs or {}))
 
         self.img_size = to_2tuple_size(img_size)
@@ -174,17 +176,7 @@ class FLattenDeiT(nn.Module):
 
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_norm)
 
     # -- timm model surface -------------------------------------------------------------
     @torch.jit.ignore
@@ -203,18 +195,6 @@ class FLattenDeiT(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     # -- forward --------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:

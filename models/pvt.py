@@ -29,6 +29,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from .layers import FocusedLinearAttention, check_input_size, make_la_kwargs, parse_attn_type, to_2tuple_size
+from .layers.common import ClassifierMixin, init_linear_and_norm
 from .layers.weights import checkpoint_filter_fn
 
 __all__ = ["PyramidVisionTransformer", "PvtFocusedAttention", "SpatialReductionAttention", "PvtBlock",
@@ -216,7 +217,7 @@ class PatchEmbed(nn.Module):
         return self.norm(x), hw
 
 
-class PyramidVisionTransformer(nn.Module):
+class PyramidVisionTransformer(ClassifierMixin, nn.Module):
     """FLatten-PVT (v1): four stages of patch embedding + position embedding + blocks.
 
     Args:
@@ -325,15 +326,8 @@ class PyramidVisionTransformer(nn.Module):
                 trunc_normal_(pos_embed, std=.02)
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    # Applied module by module; PVTv2 extends it to its convs.
+    _init_weights = staticmethod(init_linear_and_norm)
 
     # -- timm surface --------------------------------------------------------------------------
     @property
@@ -352,18 +346,6 @@ class PyramidVisionTransformer(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     # -- forward -----------------------------------------------------------------------------
     def _forward_stage(self, i: int, x: torch.Tensor) -> Tuple[torch.Tensor, Grid]:

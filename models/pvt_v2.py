@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
+from .layers.common import init_linear_and_norm
 from .pvt import PVT_COMMON, Grid, PatchEmbed, PyramidVisionTransformer, _cfg, build_pvt
 
 __all__ = ["PyramidVisionTransformerV2", "DWConvMlp"]
@@ -85,7 +86,7 @@ class PyramidVisionTransformerV2(PyramidVisionTransformer):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        PyramidVisionTransformer._init_weights(m)
+        init_linear_and_norm(m)
         if isinstance(m, nn.Conv2d):
             # PVTv2 initialises every conv with He-normal over fan-out.
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups

@@ -31,7 +31,8 @@ from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .layers.common import check_input_size, parse_attn_type, to_2tuple_size
+from .layers.common import (ClassifierMixin, check_input_size, init_linear_and_norm, parse_attn_type,
+                            to_2tuple_size)
 from .layers.focused_linear_attention import FocusedLinearAttention, make_la_kwargs
 from .layers.weights import checkpoint_filter_fn
 from .layers.window import relative_position_index, shifted_window_mask, window_partition, window_reverse
@@ -273,7 +274,7 @@ class FLattenSwinStage(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
-class FLattenSwinTransformer(nn.Module):
+class FLattenSwinTransformer(ClassifierMixin, nn.Module):
     """FLatten-Swin backbone and classifier.
 
     Args:
@@ -308,8 +309,7 @@ class FLattenSwinTransformer(nn.Module):
                  ape: bool = False, patch_norm: bool = True, attn_drop_rate: float = 0.,
                  global_pool: str = "avg", softmax_window: Optional[int] = None):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.checked_global_pool(global_pool)
         num_stages = len(depths)
         if len(num_heads) != num_stages:
             raise ValueError(f"num_heads {list(num_heads)} must have one entry per stage ({num_stages})")
@@ -348,17 +348,7 @@ class FLattenSwinTransformer(nn.Module):
         self.layers = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_norm)
 
     # -- timm model surface -----------------------------------------------------------
     @torch.jit.ignore
@@ -381,18 +371,6 @@ class FLattenSwinTransformer(nn.Module):
         self.grad_checkpointing = enable
         for stage in self.layers:
             stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     # -- forward ----------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:

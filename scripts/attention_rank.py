@@ -37,8 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.attention_tools import (build, capture_attend, dwc_channel, dwc_matrix, focused_modules,  # noqa: E402
-                                     global_weights, load_image)
+from scripts.attention_tools import (add_model_arguments, build_focused, capture_attend, dwc_channel,  # noqa: E402
+                                     dwc_matrix, global_weights, load_image)
 
 
 def block_ranks(module, rec: dict, channels: int, max_tokens: int) -> dict:
@@ -77,20 +77,14 @@ def summary(values: List[int]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="model config (YAML)")
-    parser.add_argument("--resume", metavar="FILE", help="checkpoint to load (default: random weights)")
-    parser.add_argument("--image", help="input image (default: a fixed random image)")
+    add_model_arguments(parser)
     parser.add_argument("--blocks", type=int, nargs="+", help="indices of focused attention modules (default: all)")
     parser.add_argument("--channels", type=int, default=4, help="value channels (conv matrices) checked per head")
     parser.add_argument("--max-tokens", type=int, default=1024, help="skip attentions over more tokens")
     parser.add_argument("--json", metavar="PATH", help="also write the per-block results to this JSON file")
-    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
     args = parser.parse_args(argv)
 
-    cfg, model = build(args.cfg, args.opts, args.resume)
-    mods = focused_modules(model)
-    if not mods:
-        raise SystemExit(f"error: {args.cfg} has no focused linear attention (ATTN_TYPE {cfg.MODEL.LA.ATTN_TYPE})")
+    cfg, model, mods = build_focused(args)
     chosen = args.blocks if args.blocks is not None else list(range(len(mods)))
     bad = [i for i in chosen if not 0 <= i < len(mods)]
     if bad:

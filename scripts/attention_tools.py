@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -39,6 +39,24 @@ def build(cfg_file: str, opts: Optional[Sequence[str]] = None, resume: Optional[
     if resume:
         load_model_state(model, safe_load(resume), resume)
     return cfg, model.eval()
+
+
+def add_model_arguments(parser) -> None:
+    """The arguments every attention script takes to choose a model, its weights and an image."""
+    parser.add_argument("--cfg", required=True, help="model config (YAML)")
+    parser.add_argument("--resume", metavar="FILE", help="checkpoint to load (default: random weights)")
+    parser.add_argument("--image", help="input image (default: a fixed random image)")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
+
+
+def build_focused(args) -> Tuple[Any, nn.Module, List[Tuple[str, FocusedLinearAttention]]]:
+    """(config, model, its focused attention modules) from the :func:`add_model_arguments` values;
+    a one-line error when the model has no focused attention."""
+    cfg, model = build(args.cfg, args.opts, args.resume)
+    mods = focused_modules(model)
+    if not mods:
+        raise SystemExit(f"error: {args.cfg} has no focused linear attention (ATTN_TYPE {cfg.MODEL.LA.ATTN_TYPE})")
+    return cfg, model, mods
 
 
 def load_image(path: Optional[str], cfg, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -224,9 +224,12 @@ def select(names: List[str], only: Optional[List[str]]) -> List[str]:
     return chosen
 
 
+def verdict(ok: Optional[bool]) -> str:
+    """The check column: blank when the paper gives no value."""
+    return "" if ok is None else ("ok" if ok else "DIFF")
+
+
 def format_row(r: dict) -> str:
-    def verdict(ok):
-        return "" if ok is None else ("ok" if ok else "DIFF")
     if r["error"]:
         return f"{r['config']:<20} {r['resolution']:>4}  error: {r['error']}"
     pp = TABLE8.get(r["config"])
@@ -264,8 +267,6 @@ def measure_ablation(row: AblationRow, cache: Optional[Dict[str, tuple]] = None)
 
 
 def format_ablation(r: dict) -> str:
-    def verdict(ok):
-        return "" if ok is None else ("ok" if ok else "DIFF")
     if r["error"]:
         return f"{r['config']:<34} error: {r['error']}"
     return (f"{r['config']:<34} {r['params_m']:>7.2f} {r['paper_params_m'] or '-':>5} {verdict(r['params_ok']):>4}  "

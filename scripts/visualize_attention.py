@@ -40,8 +40,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.attention_tools import (build, capture_attend, dwc_channel, dwc_row, focused_modules,  # noqa: E402
-                                     global_weights, load_image, softmax_weights, vanilla_linear_weights)
+from scripts.attention_tools import (add_model_arguments, build_focused, capture_attend, dwc_channel,  # noqa: E402
+                                     dwc_row, global_weights, load_image, softmax_weights,
+                                     vanilla_linear_weights)
 
 
 def parse_query(text: Optional[str], hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -152,9 +153,7 @@ def draw(panels: List[tuple], image: torch.Tensor, hw: Tuple[int, int], query: T
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="model config (YAML)")
-    parser.add_argument("--resume", metavar="FILE", help="checkpoint to load (default: random weights)")
-    parser.add_argument("--image", help="input image (default: a fixed random image)")
+    add_model_arguments(parser)
     parser.add_argument("--block", type=int, default=0, help="index of the focused attention module (see --list)")
     parser.add_argument("--query", metavar="ROW,COL", help="query token on the attention's grid (default: centre)")
     parser.add_argument("--head", type=int, help="one head (default: mean over heads)")
@@ -162,13 +161,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default="attention.png", help="PNG to write")
     parser.add_argument("--npz", metavar="PATH", help="also save the maps (numpy .npz)")
     parser.add_argument("--list", action="store_true", help="list the focused attention modules and exit")
-    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
     args = parser.parse_args(argv)
 
-    cfg, model = build(args.cfg, args.opts, args.resume)
-    mods = focused_modules(model)
-    if not mods:
-        raise SystemExit(f"error: {args.cfg} has no focused linear attention (ATTN_TYPE {cfg.MODEL.LA.ATTN_TYPE})")
+    cfg, model, mods = build_focused(args)
     if args.list:
         for i, (name, m) in enumerate(mods):
             print(f"{i:>3}  {name}  ({m.extra_repr()})")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from models.layers.focused_linear_attention import (EPS, FocusedLinearAttention, explicit_attention_matrix,
                                                     focusing_function, linear_attention, make_la_kwargs)
+from randomize import randomize
 
 
 class QKVAttention(FocusedLinearAttention):
@@ -48,14 +49,6 @@ def reference_forward(attn, q, k, v, hw):
         grid = vh.transpose(-2, -1).reshape(b * h, -1, *hw)
         out = out + attn.dwc(grid).reshape(b, c, n).transpose(1, 2)
     return out
-
-
-def randomize(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return module
 
 
 # --------------------------------------------------------------------------- focused function

@@ -20,16 +20,9 @@ import models  # noqa: F401  (registers the models)
 from models.layers import triton_fla
 from models.layers.focused_linear_attention import (EPS, FocusedLinearAttention, attention_impl, focused_features,
                                                     get_attention_impl, set_attention_impl)
+from randomize import randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def randomize(module, seed=0, std=0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return module
 
 
 def rel_err(a, b):

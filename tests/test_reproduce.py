@@ -21,6 +21,7 @@ import config as config_lib
 import models
 from models.layers.focused_linear_attention import FocusedLinearAttention, make_la_kwargs
 from models.layers.linear_attentions import OTHER_KINDS, linear_attention_weights
+from randomize import randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATION_DIR = os.path.join(ROOT, "configs", "ablations")
@@ -33,14 +34,6 @@ SHRINK = {"flatten_swin": ["MODEL.EMBED_DIM", "32", "MODEL.NUM_HEADS", "[1,2,4,8
 # A tiny FLatten-DeiT: 6 x 6 patch grid (N = 36 > d = 16), 2 blocks.
 TINY_DEIT = ["configs/flatten_deit_t.yaml", "--opts", "DATA.IMG_SIZE", "96", "MODEL.EMBED_DIM", "48",
              "MODEL.NUM_HEADS", "[3]", "MODEL.DEPTHS", "[2]"]
-
-
-def randomize(module, seed=0, std=0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return module
 
 
 # --------------------------------------------------------------------------- direct N x N references
