@@ -57,6 +57,7 @@ _C.MODEL.LA.ATTN_TYPE = "LLSS"            # per stage: L = focused linear attent
 _C.MODEL.LA.FOCUSING_FACTOR = 3.0         # p of the focused function (Table 5)
 _C.MODEL.LA.KERNEL_SIZE = 5               # DWC kernel size (Table 4)
 _C.MODEL.LA.USE_DWC = True                # depthwise conv branch on v (Table 4)
+_C.MODEL.LA.USE_PE = True                 # positional_encoding on the keys (Table 4 drops it with DWC)
 _C.MODEL.LA.FOCUSED = True                # focused function on (False = vanilla ReLU linear attention)
 _C.MODEL.LA.KIND = "focused"              # L-stage attention: focused | hydra | efficient | angular | enhanced (Table 3)
 _C.MODEL.LA.PVT_LA_SR_RATIOS = 1111       # PVT/PVTv2: key reduction of the L stages, one digit per stage
@@ -262,7 +263,7 @@ def model_kwargs(cfg: CN) -> dict:
         img_size=cfg.DATA.IMG_SIZE,
         attn_type=la.ATTN_TYPE,
         la_kwargs=dict(focusing_factor=la.FOCUSING_FACTOR, kernel_size=la.KERNEL_SIZE,
-                       use_dwc=la.USE_DWC, focused=la.FOCUSED, kind=la.KIND),
+                       use_dwc=la.USE_DWC, focused=la.FOCUSED, kind=la.KIND, use_pe=la.USE_PE),
     )
     overrides = dict(embed_dim=m.EMBED_DIM, embed_dims=list(m.EMBED_DIMS), depths=list(m.DEPTHS),
                      num_heads=list(m.NUM_HEADS), window_size=m.WINDOW_SIZE,

@@ -32,6 +32,7 @@ from models import ModelConfigError, build_model
 from models.layers import InputSizeError
 from utils.checkpoint import (CHECKPOINT_VERSION, CheckpointError, auto_resume, get_rng_state, load_model_state,
                               load_pretrained, publish, safe_load, save_checkpoint, set_rng_state)
+from utils.cpu_memory import keep_freed_memory
 from utils.distributed import all_reduce_sum, barrier, cleanup, init_distributed
 from utils.logging import JsonLogger, TensorboardWriter, create_logger
 from utils.optim import build_optimizer
@@ -436,6 +437,8 @@ def run(args) -> int:
     if rank == 0:
         _write_text(os.path.join(cfg.OUTPUT, "config.yaml"), cfg.dump())
     logger.info(f"{' '.join(sys.argv)}\n{cfg.dump()}")
+    if device.type == "cpu":
+        logger.info(f"CPU malloc: {keep_freed_memory()} (utils/cpu_memory.py)")
     _seed_everything(cfg.SEED + rank)
     _set_determinism(cfg.DETERMINISTIC)
     amp_dtype = _amp_dtype(cfg, device)

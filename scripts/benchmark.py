@@ -77,6 +77,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 import models  # noqa: E402,F401  (registers the FLatten models)
 from config import load_config  # noqa: E402
 from models.layers.focused_linear_attention import FocusedLinearAttention, attention_impl  # noqa: E402
+from utils.cpu_memory import keep_freed_memory  # noqa: E402
 
 _logger = logging.getLogger("benchmark")
 CONFIG_DIR = os.path.join(ROOT, "configs")
@@ -143,6 +144,7 @@ def make_meta(args, device: torch.device, mode: str) -> Dict[str, Any]:
                   "ms_per_batch = median over rounds (ms_min = fastest round)",
         "peak_mem": ("torch.cuda.max_memory_allocated over one step" if device.type == "cuda" else
                      "parameters + inputs + optimizer state + peak of tensors alive in one eager step"),
+        "cpu_malloc": keep_freed_memory() if device.type == "cpu" else None,
         "load_avg_start": _loadavg(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -163,7 +165,8 @@ def tag(meta: Dict[str, Any], img_size: Optional[int] = None, compiled: Optional
     mode = ("compiled" + (" +freezing" if meta.get("inductor_freezing") else "")) if compiled else "eager"
     return (f"[{meta['hardware']}; torch {meta['torch']}; timm {meta['timm']}; batch {meta['batch']}; "
             f"{meta['dtype']}; {meta['device']}; {img}; {mode}"
-            f"{'; channels-last' if meta.get('channels_last') else ''}{'; train step' if meta.get('train') else ''}]")
+            f"{'; channels-last' if meta.get('channels_last') else ''}{'; train step' if meta.get('train') else ''}"
+            f"{'; malloc ' + meta['cpu_malloc'].split(' ')[0] if meta.get('cpu_malloc') else ''}]")
 
 
 def with_compile(cands: List[Candidate], args) -> List[Candidate]:
@@ -506,6 +509,94 @@ def time_round_robin(prepared: List[dict], args, device: torch.device, batch: in
     return results
 
 
+# ============================================================================ where the time goes
+def _attention_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The outermost attention modules (class name containing 'Attention'), ours, timm's or official."""
+    found: List[Tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if "Attention" in type(m).__name__ and not any(name.startswith(f + ".") for f, _ in found):
+            found.append((name, m))
+    return found
+
+
+def time_breakdown(model: nn.Module, step: Callable[[], None], device: torch.device,
+                   reps: int) -> Dict[str, float]:
+    """Milliseconds per eager inference step split into linear layers, attention core and the rest.
+
+    Forward hooks time every ``nn.Linear`` and every outermost attention module;
+    the attention core is the attention modules' time minus the linear layers
+    inside them (qkv, proj): the part an attention implementation decides.
+    Everything else (norms, MLP activations, convs, residuals, window
+    partitions, head) is the rest. On CUDA every hook synchronises.
+    """
+    attn = _attention_modules(model)
+    attn_names = [n for n, _ in attn]
+    acc = {"linear": 0.0, "linear_in_attention": 0.0, "attention": 0.0}
+    starts: Dict[int, float] = {}
+    handles = []
+
+    def pre(m, _inp):
+        sync(device)
+        starts[id(m)] = time.perf_counter()
+
+    def post_for(kind: str):
+        def post(m, _inp, _out):
+            sync(device)
+            acc[kind] += time.perf_counter() - starts.pop(id(m))
+        return post
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            inside = any(name.startswith(a + ".") for a in attn_names)
+            handles += [m.register_forward_pre_hook(pre),
+                        m.register_forward_hook(post_for("linear_in_attention" if inside else "linear"))]
+    for _, m in attn:
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post_for("attention"))]
+    try:
+        step()  # warm (hooks in place)
+        for k in acc:
+            acc[k] = 0.0
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            step()
+        sync(device)
+        total = (time.perf_counter() - t0) / reps
+    finally:
+        for h in handles:
+            h.remove()
+    linear = (acc["linear"] + acc["linear_in_attention"]) / reps
+    core = (acc["attention"] - acc["linear_in_attention"]) / reps
+    return {"total_ms": 1e3 * total, "linear_ms": 1e3 * linear, "attention_core_ms": 1e3 * core,
+            "rest_ms": 1e3 * (total - linear - core)}
+
+
+def run_breakdown(prepared: List[dict], results: List[Dict[str, Any]], args, device: torch.device,
+                  meta: Dict[str, Any]) -> None:
+    """``--breakdown``: print (and add to the results) where each eager model spends its time."""
+    print(f"\ntime per batch by part (eager forward, mean of {args.iters} steps with hooks; {tag(meta)}):")
+    print(f"{'model':<22} {'impl':<9} {'total ms':>9} {'linear':>15} {'attention core':>15} {'rest':>15}")
+    rows = {}
+    for p, r in zip(prepared, results):
+        c = p["c"]
+        if p["error"] is not None or c.compiled:
+            continue
+        b = time_breakdown(p["model"], p["eager_step"], device, args.iters)
+        r["breakdown"] = b
+        rows[(c.model, c.impl)] = b
+        part = lambda k: f"{b[k]:8.1f} ({100 * b[k] / b['total_ms']:3.0f}%)"  # noqa: E731
+        print(f"{c.model:<22} {c.impl:<9} {b['total_ms']:9.1f} {part('linear_ms'):>15} "
+              f"{part('attention_core_ms'):>15} {part('rest_ms'):>15}")
+    for (model, impl), o in rows.items():
+        ours = rows.get((model, "ours"))
+        if impl != "official" or ours is None:
+            continue
+        bound = o["total_ms"] / max(o["total_ms"] - o["attention_core_ms"], 1e-9)
+        print(f"  {model}: attention core ours vs official {o['attention_core_ms'] / ours['attention_core_ms']:.2f}x; "
+              f"whole model {o['total_ms'] / ours['total_ms']:.2f}x; the most any attention could give with the "
+              f"rest as the official's (core at zero cost): {bound:.2f}x")
+
+
 # ============================================================================ reports
 def fmt_mem(v: Optional[float]) -> str:
     return f"{v:9.0f}" if isinstance(v, (int, float)) else f"{'-':>9}"
@@ -835,6 +926,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="scaling mode: skip softmax over the global windows (slow at high resolution)")
     p.add_argument("--plot", metavar="PNG", help="scaling mode: write the plot here (default scaling.png)")
     p.add_argument("--op", action="store_true", help="time the attention op alone (ours vs the official op sequence)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also split each eager model's inference time into linear layers, attention core and rest")
     p.add_argument("--attention-impl", choices=["auto", "torch", "triton", "reference"], default=None,
                    help="implementation of our focused attention (default: the process default, 'auto')")
     p.add_argument("--smoke", action="store_true", help="tiny run for tests: batch 1, 1 warm-up, 2 rounds of 1")
@@ -848,6 +941,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.models = list(SMOKE_MODELS)
     if args.resolutions and not args.plot:
         args.plot = "scaling.png"
+    if args.breakdown and (args.train or args.op or args.resolutions):
+        p.error("--breakdown splits inference steps of the models mode; drop --train / --op / --resolutions")
     if "official" in args.impl and not args.official_path:
         p.error("--impl official needs --official-path PATH (a checkout of the official FLatten-Transformer)")
     return args
@@ -858,6 +953,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # glibc keeps freed blocks: no page faults per step, for every model alike
     if args.freezing:
         import torch._inductor.config as inductor_config
         inductor_config.freezing = True
@@ -875,6 +972,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                         args.batch)
                 results = time_round_robin(prepared, args, device, args.batch)
                 print_results(results, meta)
+                if args.breakdown:
+                    run_breakdown(prepared, results, args, device, meta)
     except BenchmarkError as e:
         print(f"benchmark.py: {e}", file=sys.stderr)
         return 2

@@ -6,8 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers.focused_linear_attention import (EPS, FocusedLinearAttention, explicit_attention_matrix,
-                                                    focusing_function, linear_attention, make_la_kwargs)
+from models.layers.focused_linear_attention import (EPS, FocusedLinearAttention, attention_impl,
+                                                    explicit_attention_matrix, focusing_function, linear_attention,
+                                                    make_la_kwargs)
 from randomize import randomize
 
 
@@ -129,6 +130,17 @@ def test_no_dwc_and_ablation_switches():
     assert attn.dwc is None and "dwc" not in dict(attn.named_parameters())
     with_dwc = FocusedLinearAttention(16, 2, 16, kernel_size=3)
     assert with_dwc.dwc.weight.shape == (8, 1, 3, 3)
+    no_pe = FocusedLinearAttention(16, 2, 16, **make_la_kwargs(use_dwc=False, use_pe=False))
+    assert set(dict(no_pe.named_parameters())) == {"scale"} and "pe=off" in no_pe.extra_repr()
+    # without the positional encoding the keys enter the kernel as they are: equal to a zero encoding
+    zero_pe = FocusedLinearAttention(16, 2, 16, use_dwc=False)
+    with torch.no_grad():
+        no_pe.scale.normal_()
+        zero_pe.scale.copy_(no_pe.scale)
+    q, k, v = torch.randn(3, 2, 16, 16).unbind(0)
+    for impl in ("reference", "torch"):
+        with attention_impl(impl):
+            torch.testing.assert_close(no_pe.attend(q, k, v, (4, 4)), zero_pe.attend(q, k, v, (4, 4)))
     with pytest.raises(ValueError):
         make_la_kwargs(focusing_factor=0)
     with pytest.raises(ValueError):

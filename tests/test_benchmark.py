@@ -33,10 +33,16 @@ def check_schema(data):
 
 def test_smoke_models_json(tmp_path):
     path = tmp_path / "bench.json"
-    out = run(["--smoke", "--json", str(path)])
+    out = run(["--smoke", "--breakdown", "--json", str(path)])
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(path.read_text())
     check_schema(data)
+    for r in data["results"]:   # --breakdown: the parts of every eager model add up
+        b = r["breakdown"]
+        assert b["linear_ms"] > 0 and b["attention_core_ms"] > 0 and b["rest_ms"] >= 0
+        assert abs(b["linear_ms"] + b["attention_core_ms"] + b["rest_ms"] - b["total_ms"]) < 1e-6
+    assert data["meta"]["cpu_malloc"] in ("tuned", "default (FLATTEN_CPU_MALLOC=default)")
+    assert "time per batch by part" in out.stdout
     got = {(r["model"], r["impl"]) for r in data["results"]}
     assert {("flatten_pvt_v2_b0", "ours"), ("pvt_v2_b0", "ours"), ("pvt_v2_b0", "timm")} <= got
     assert data["meta"]["device"] == "cpu" and data["meta"]["batch"] == 1
@@ -133,3 +139,66 @@ def test_official_impl_same_weights_and_registry_restored(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "official ok"      # the official code's prints are swallowed
+
+
+def test_breakdown_splits_linear_attention_core_and_rest():
+    """Toy model with known costs: 60 ms in an attention's own code, 40 ms elsewhere."""
+    import time as _time
+
+    import torch
+    import torch.nn as nn
+
+    sys.path.insert(0, ROOT)
+    from scripts import benchmark
+
+    class ToyAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            _time.sleep(0.06)
+            return self.proj(v)
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = ToyAttention()
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.attn(x)
+            _time.sleep(0.04)
+            return self.head(x)
+
+    model = Toy()
+    assert [n for n, _ in benchmark._attention_modules(model)] == ["attn"]
+    x = torch.randn(2, 8)
+    b = benchmark.time_breakdown(model, lambda: model(x), torch.device("cpu"), reps=2)
+    assert 60 <= b["attention_core_ms"] < 90
+    assert 40 <= b["rest_ms"] < 70
+    assert 0 < b["linear_ms"] < 15
+    assert abs(b["linear_ms"] + b["attention_core_ms"] + b["rest_ms"] - b["total_ms"]) < 1e-6
+    assert not model._forward_hooks and not model.attn.qkv._forward_pre_hooks   # hooks removed
+
+
+def test_breakdown_finds_outermost_attention_of_every_family():
+    import torch  # noqa: F401
+    import timm
+
+    sys.path.insert(0, ROOT)
+    import models  # noqa: F401
+    from scripts import benchmark
+
+    for name, expect in [("flatten_swin_tiny_patch4_224", 12), ("flatten_pvt_v2_b0", 8),
+                         ("flatten_cswin_tiny_224", None), ("flatten_deit_tiny_patch16_224", 12)]:
+        model = timm.create_model(name)
+        found = benchmark._attention_modules(model)
+        names = [n for n, _ in found]
+        assert all(not a.startswith(b + ".") for a in names for b in names), names
+        if expect is not None:
+            assert len(found) == expect, (name, names)
+        else:
+            assert len(found) >= sum((1, 2, 21, 1)), (name, len(found))

@@ -45,7 +45,8 @@ def run_both(attn, q, k, v, hw, prefix=0, impl="torch"):
     return results
 
 
-# (hw, heads, p, focused, use_dwc, prefix tokens, key tokens (None = N), batch)
+# (hw, heads, p, focused, use_dwc, prefix tokens, key tokens (None = N), batch);
+# use_dwc None: neither DWC nor positional encoding (paper Table 4's first rows)
 CASES = [
     ((7, 7), 2, 3, True, True, 0, None, 2),       # FLatten-Swin-like window
     ((4, 6), 3, 2.5, True, True, 0, None, 3),     # non-square grid, non-integer p
@@ -54,6 +55,7 @@ CASES = [
     ((4, 4), 2, 3, True, True, 1, None, 2),       # DeiT-like class token
     ((4, 4), 2, 3, True, True, 0, 4, 2),          # PVT key reduction: 4 keys, 16 queries
     ((6, 4), 2, 3, True, False, 0, None, 6),      # no DWC, a batch of windows
+    ((4, 4), 2, 3, False, None, 0, None, 2),      # bare ReLU linear attention
 ]
 
 
@@ -63,7 +65,9 @@ def test_fused_matches_reference_fp32(hw, heads, p, focused, use_dwc, prefix, m,
     dim = 8 * heads
     n = prefix + hw[0] * hw[1]
     m = m or n
-    attn = randomize(FocusedLinearAttention(dim, heads, m, focusing_factor=p, focused=focused, use_dwc=use_dwc))
+    attn = randomize(FocusedLinearAttention(dim, heads, m, focusing_factor=p, focused=focused,
+                                            use_dwc=bool(use_dwc), use_pe=use_dwc is not None))
+    assert (attn.positional_encoding is None) == (use_dwc is None)
     q = torch.randn(batch, n, dim) * 2
     k, v = torch.randn(2, batch, m, dim).unbind(0)
     (out, grads), (ref, ref_grads) = run_both(attn, q, k, v, hw, prefix)

@@ -144,6 +144,7 @@ def _expected_layout(cfg, model):
         if la.KIND == "focused":
             assert m.focused == la.FOCUSED and m.focusing_factor == la.FOCUSING_FACTOR
             assert (m.dwc is not None) == la.USE_DWC
+            assert (m.positional_encoding is not None) == la.USE_PE
     if cfg.MODEL.TYPE == "flatten_swin":
         for i, stage in enumerate(model.layers):
             for blk in stage.blocks:

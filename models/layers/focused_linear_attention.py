@@ -197,7 +197,7 @@ LA_KINDS = ("focused", "hydra", "efficient", "angular", "enhanced")
 
 
 def make_la_kwargs(focusing_factor: float = 3, kernel_size: int = 5, use_dwc: bool = True,
-                   focused: bool = True, kind: str = "focused") -> dict:
+                   focused: bool = True, kind: str = "focused", use_pe: bool = True) -> dict:
     """Validated keyword arguments for :class:`FocusedLinearAttention` subclasses."""
     if kind not in LA_KINDS:
         raise ValueError(f"linear attention kind must be one of {', '.join(LA_KINDS)}, got {kind!r}")
@@ -206,7 +206,7 @@ def make_la_kwargs(focusing_factor: float = 3, kernel_size: int = 5, use_dwc: bo
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
     return dict(focusing_factor=focusing_factor, kernel_size=kernel_size, use_dwc=use_dwc,
-                focused=focused, kind=kind)
+                focused=focused, kind=kind, use_pe=use_pe)
 
 
 class FocusedLinearAttention(nn.Module):
@@ -227,10 +227,13 @@ class FocusedLinearAttention(nn.Module):
         kind: 'focused' (this module), or one of the linear attentions of paper Table 3
             ('hydra', 'efficient', 'angular', 'enhanced'), which replace the math of
             :meth:`attend` and own their parameters (see ``linear_attentions.py``).
+        use_pe: add ``positional_encoding`` to the keys; False drops the parameter
+            (paper Table 4's rows without DWC count neither).
     """
 
     def __init__(self, dim: int, num_heads: int, num_kv_tokens: int, focusing_factor: float = 3,
-                 kernel_size: int = 5, use_dwc: bool = True, focused: bool = True, kind: str = "focused"):
+                 kernel_size: int = 5, use_dwc: bool = True, focused: bool = True, kind: str = "focused",
+                 use_pe: bool = True):
         super().__init__()
         self.kind = kind
         if kind != "focused":
@@ -247,7 +250,10 @@ class FocusedLinearAttention(nn.Module):
         self.kernel_size = kernel_size
         self.focused = focused
         self.scale = nn.Parameter(torch.zeros(1, 1, dim))
-        self.positional_encoding = nn.Parameter(torch.zeros(1, num_kv_tokens, dim))
+        if use_pe:
+            self.positional_encoding = nn.Parameter(torch.zeros(1, num_kv_tokens, dim))
+        else:
+            self.register_parameter("positional_encoding", None)
         if use_dwc:
             self.dwc = nn.Conv2d(self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2,
                                  groups=self.head_dim)
@@ -261,7 +267,9 @@ class FocusedLinearAttention(nn.Module):
         Runs in float32 whatever the autocast dtype: the focusing power is the
         one step whose range fp16 cannot hold.
         """
-        q, k = _at_least_fp32(q), _at_least_fp32(k + self.positional_encoding)
+        if self.positional_encoding is not None:
+            k = k + self.positional_encoding
+        q, k = _at_least_fp32(q), _at_least_fp32(k)
         temp = F.softplus(_at_least_fp32(self.scale))
         q = (F.relu(q) + EPS) / temp
         k = (F.relu(k) + EPS) / temp
@@ -424,7 +432,8 @@ class FocusedLinearAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, n_kv={self.num_kv_tokens}, "
                 f"p={self.focusing_factor}, focused={self.focused}, "
-                f"dwc={'k%d' % self.kernel_size if self.dwc is not None else 'off'}")
+                f"dwc={'k%d' % self.kernel_size if self.dwc is not None else 'off'}"
+                f"{'' if self.positional_encoding is not None else ', pe=off'}")
 
 
 def resize_positional_encoding(pe: torch.Tensor, new_tokens: int, num_prefix_tokens: int = 0) -> torch.Tensor:
