@@ -733,9 +733,10 @@ def run_scaling(args, device: torch.device) -> Tuple[Dict[str, Any], List[Dict[s
         results += rows
         print_results(rows, meta)
         print()
-    print_scaling_table(results)
+    meta["scaling_stat"] = args.stat
+    print_scaling_table(results, args.stat)
     if args.plot:
-        plot_scaling(results, meta, args.plot)
+        plot_scaling(results, meta, args.plot, args.stat)
     return meta, results
 
 
@@ -747,9 +748,14 @@ def _series(results: List[Dict[str, Any]]) -> Dict[Tuple[str, str], List[Dict[st
     return series
 
 
-def growth_exponent(rows: List[Dict[str, Any]]) -> Optional[float]:
+def step_ms(r: Dict[str, Any], stat: str = "median") -> float:
+    """ms per batch of a result: median over rounds, or the fastest round (``best``)."""
+    return r["ms_min"] if stat == "best" else r["ms_per_batch"]
+
+
+def growth_exponent(rows: List[Dict[str, Any]], stat: str = "median") -> Optional[float]:
     """Slope of log(time per image) against log(tokens): ~1 linear, ~2 quadratic."""
-    pts = [(math.log(r["tokens_stage1"]), math.log(r["ms_per_batch"] / r["batch"])) for r in rows]
+    pts = [(math.log(r["tokens_stage1"]), math.log(step_ms(r, stat) / r["batch"])) for r in rows]
     if len(pts) < 2:
         return None
     mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
@@ -757,21 +763,22 @@ def growth_exponent(rows: List[Dict[str, Any]]) -> Optional[float]:
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else None
 
 
-def print_scaling_table(results: List[Dict[str, Any]]) -> None:
+def print_scaling_table(results: List[Dict[str, Any]], stat: str = "median") -> None:
     series = _series(results)
     res_list = sorted({r["img_size"] for r in results})
-    print("resolution scaling: img/s (peak MB)")
+    print(f"resolution scaling: img/s ({'fastest round' if stat == 'best' else 'median over rounds'}) (peak MB)")
     print(f"{'model':<34}" + "".join(f"{r:>20}" for r in res_list) + f"{'time ~ N^k':>12}")
     for (name, impl), rows in series.items():
         by_res = {r["img_size"]: r for r in rows}
         cells = "".join(
-            f"{by_res[r]['img_per_s']:>10.3f} ({fmt_mem(by_res[r].get('peak_mem_mb')).strip():>7})" if r in by_res
+            f"{1e3 * by_res[r]['batch'] / step_ms(by_res[r], stat):>10.3f} "
+            f"({fmt_mem(by_res[r].get('peak_mem_mb')).strip():>7})" if r in by_res
             else f"{'-':>20}" for r in res_list)
-        k = growth_exponent(rows)
+        k = growth_exponent(rows, stat)
         print(f"{name + ' (' + impl + ')':<34}{cells}{(f'{k:.2f}' if k is not None else '-'):>12}")
 
 
-def plot_scaling(results: List[Dict[str, Any]], meta: Dict[str, Any], path: str) -> None:
+def plot_scaling(results: List[Dict[str, Any]], meta: Dict[str, Any], path: str, stat: str = "median") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -780,13 +787,14 @@ def plot_scaling(results: List[Dict[str, Any]], meta: Dict[str, Any], path: str)
         rows = sorted(rows, key=lambda r: r["img_size"])
         xs = [r["img_size"] for r in rows]
         style = "-" if name.startswith("flatten_") else ("--" if impl == "timm" else ":")
-        k = growth_exponent(rows)
+        k = growth_exponent(rows, stat)
         label = f"{name} ({impl})" + (f", time ~ N^{k:.2f}" if k is not None else "")
-        ax1.plot(xs, [1e3 * r["batch"] / r["ms_per_batch"] for r in rows], style, marker="o", label=label)
+        ax1.plot(xs, [1e3 * r["batch"] / step_ms(r, stat) for r in rows], style, marker="o", label=label)
         mem = [(r["img_size"], r["peak_mem_mb"] - r.get("params_mb", 0.0)) for r in rows if r.get("peak_mem_mb")]
         if mem:
             ax2.plot([m[0] for m in mem], [m[1] for m in mem], style, marker="o", label=f"{name} ({impl})")
-    for ax, ylabel in ((ax1, "images / s"), (ax2, "peak memory above the weights (MB)")):
+    speed = "images / s" + (" (fastest round)" if stat == "best" else " (median round)")
+    for ax, ylabel in ((ax1, speed), (ax2, "peak memory above the weights (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(sorted({r["img_size"] for r in results}))
@@ -925,6 +933,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-quadratic", action="store_true",
                    help="scaling mode: skip softmax over the global windows (slow at high resolution)")
     p.add_argument("--plot", metavar="PNG", help="scaling mode: write the plot here (default scaling.png)")
+    p.add_argument("--stat", choices=["median", "best"], default="median",
+                   help="scaling mode: table and plot from the median round or the fastest (shared machines)")
     p.add_argument("--op", action="store_true", help="time the attention op alone (ours vs the official op sequence)")
     p.add_argument("--breakdown", action="store_true",
                    help="also split each eager model's inference time into linear layers, attention core and rest")
