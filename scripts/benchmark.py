@@ -879,7 +879,8 @@ def run_op(args, device: torch.device) -> Tuple[Dict[str, Any], List[Dict[str, A
                     q, k, v = src.unflatten(-1, (3, dim)).unbind(-2)
                     if mode == "fwd":
                         with torch.no_grad(), autocast_ctx(device, args.amp):
-                            fn(q, k, v)
+                            # returned, so that a compiled step cannot drop the computation as dead code
+                            return fn(q, k, v)
                     else:
                         with autocast_ctx(device, args.amp):
                             out = fn(q, k, v)
@@ -887,6 +888,10 @@ def run_op(args, device: torch.device) -> Tuple[Dict[str, Any], List[Dict[str, A
                         src.grad = None
                         attn.zero_grad(set_to_none=True)
                 run = torch.compile(step) if args.compile and name == "ours" else step
+                if run is not step and mode == "fwd":
+                    got, tol = run().float(), 1e-4 if args.amp == "none" else 3e-2
+                    if (got - outs[name]).abs().max() > tol * outs[name].abs().max():
+                        raise BenchmarkError(f"{label}: the compiled op differs from eager")
                 c = Candidate(label, name, "swin", "flatten", lambda: attn, 224,
                               extra={"op": mode, "tokens": n, "channels": dim, "heads": heads,
                                      "max_rel_diff_vs_official": err})
