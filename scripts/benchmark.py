@@ -574,7 +574,7 @@ def time_breakdown(model: nn.Module, step: Callable[[], None], device: torch.dev
 def run_breakdown(prepared: List[dict], results: List[Dict[str, Any]], args, device: torch.device,
                   meta: Dict[str, Any]) -> None:
     """``--breakdown``: print (and add to the results) where each eager model spends its time."""
-    print(f"\ntime per batch by part (eager forward, mean of {args.iters} steps with hooks; {tag(meta)}):")
+    print(f"\ntime per batch by part (eager forward, mean of {args.iters} step(s) with hooks; {tag(meta)}):")
     print(f"{'model':<22} {'impl':<9} {'total ms':>9} {'linear':>15} {'attention core':>15} {'rest':>15}")
     rows = {}
     for p, r in zip(prepared, results):
