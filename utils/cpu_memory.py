@@ -4,9 +4,10 @@ On Linux, glibc's malloc serves every large block (a 16 x 3136 x 96 float
 tensor is 19 MB) with a fresh ``mmap`` and returns it with ``munmap`` when the
 tensor dies, so the next step faults the same pages in again and the kernel
 zeroes them: on the 2-core CPU of ``docs/speed.md`` that costs about a fifth
-of an eager inference step (system time 13 s of 50 s in a run of 12 FLatten-
-Swin-T batches). :func:`keep_freed_memory` switches the process to heap-only
-allocation that keeps what it frees, as jemalloc or tcmalloc would; resident
+of an eager inference step (13 s of system time against 41 s of user time
+in 14 FLatten-Swin-T batches of 16). :func:`keep_freed_memory` switches the
+process to heap-only allocation that keeps what it frees, as jemalloc or
+tcmalloc would; resident
 memory then stays near the peak of a step (after a few steps in which the
 heap settles) instead of dropping between steps.
 
