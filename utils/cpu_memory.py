@@ -7,9 +7,8 @@ zeroes them: on the 2-core CPU of ``docs/speed.md`` that costs about a fifth
 of an eager inference step (13 s of system time against 41 s of user time
 in 14 FLatten-Swin-T batches of 16). :func:`keep_freed_memory` switches the
 process to heap-only allocation that keeps what it frees, as jemalloc or
-tcmalloc would; resident
-memory then stays near the peak of a step (after a few steps in which the
-heap settles) instead of dropping between steps.
+tcmalloc would; resident memory then stays near the peak of a step (after a
+few steps in which the heap settles) instead of dropping between steps.
 
 It is applied by ``main.py`` when it runs on the CPU and by
 ``scripts/benchmark.py`` (for every model it times, ours and the official one
