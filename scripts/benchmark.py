@@ -333,9 +333,8 @@ def model_candidates(args, official: Optional[OfficialCode]) -> List[Candidate]:
                 return model
             out.append(Candidate(name, "official", fam, attention, build_official, img))
         if "timm" in args.impl and name in TIMM_MODELS:
-            kw = {"img_size": args.img_size} if args.img_size else {}
             out.append(Candidate(name, "timm", fam, attention,
-                                 lambda t=TIMM_MODELS[name], k=kw: timm.create_model(t, **k), img,
+                                 lambda t=TIMM_MODELS[name], o=over: timm.create_model(t, **o), img,
                                  extra={"timm_name": TIMM_MODELS[name]}))
     return out
 

@@ -148,7 +148,6 @@ def test_breakdown_splits_linear_attention_core_and_rest():
     import torch
     import torch.nn as nn
 
-    sys.path.insert(0, ROOT)
     from scripts import benchmark
 
     class ToyAttention(nn.Module):
@@ -185,11 +184,9 @@ def test_breakdown_splits_linear_attention_core_and_rest():
 
 
 def test_breakdown_finds_outermost_attention_of_every_family():
-    import torch  # noqa: F401
     import timm
 
-    sys.path.insert(0, ROOT)
-    import models  # noqa: F401
+    import models  # noqa: F401  (registers the FLatten models)
     from scripts import benchmark
 
     for name, expect in [("flatten_swin_tiny_patch4_224", 12), ("flatten_pvt_v2_b0", 8),

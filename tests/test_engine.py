@@ -241,7 +241,8 @@ def test_eval_exact_across_processes_and_released_format(tiny, ddp_run):
     _released_checkpoint(ckpt, released, tiny["cfg"])
     one = start(tiny["args"] + ["--eval", "--resume", ckpt, "--tag", "eval1"])
     rel = start(tiny["args"] + ["--eval", "--resume", released, "--tag", "eval_released"])
-    r1, rr = check_ok(finish(one)), check_ok(finish(rel))
+    r1 = check_ok(finish(one))
+    check_ok(finish(rel))
     assert "Acc@1" in r1.stdout and "Acc@5" in r1.stdout and "loss" in r1.stdout
     e2 = read_json(os.path.join(ddp_run, "eval.json"))
     e1, er = (read_json(os.path.join(out_dir(tiny, t), "eval.json")) for t in ("eval1", "eval_released"))

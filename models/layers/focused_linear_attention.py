@@ -95,9 +95,6 @@ def attention_impl(impl: str) -> Iterator[None]:
     finally:
         set_attention_impl(previous)
 
-# Options that :func:`make_la_kwargs` accepts and every focused attention takes.
-LA_OPTIONS = ("focusing_factor", "kernel_size", "use_dwc", "focused")
-
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -189,6 +186,32 @@ def explicit_attention_matrix(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     scores = q @ k.transpose(-2, -1) / m                                    # (B, h, N, M)
     z = 1.0 / (q @ k.mean(dim=-2, keepdim=True).transpose(-2, -1) + EPS)
     return scores * z
+
+
+def depthwise_conv_term(v: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding,
+                        hw: Tuple[int, int], n_q: int, num_prefix_tokens: int = 0) -> torch.Tensor:
+    """A depthwise conv (``weight`` (C, 1, k, k)) over v (B, M, C) on the query grid -> (B, n_q, C).
+
+    The conv reads a channels-last view of v's grid tokens and its channels-last
+    output is (B, N', C) without a copy. With fewer keys than grid tokens (PVT key
+    reduction) v is first resized along the tokens, linearly. Prefix tokens
+    (DeiT's class token) get zero.
+    """
+    B, _, C = v.shape
+    H, W = hw
+    n_grid = n_q - num_prefix_tokens
+    vg = v[:, num_prefix_tokens:]                                       # (B, M', C)
+    if vg.shape[1] != n_grid:
+        # Key reduction (PVT sr > 1): bring v to the query grid along tokens.
+        grid = F.interpolate(vg.transpose(1, 2), size=n_grid, mode="linear",
+                             align_corners=False).reshape(B, C, H, W)   # (B, C, H, W)
+    else:
+        grid = vg.reshape(B, H, W, C).permute(0, 3, 1, 2)               # (B, C, H, W), channels-last
+    out = F.conv2d(grid, weight, bias, padding=padding, groups=C)
+    term = out.permute(0, 2, 3, 1).reshape(B, n_grid, C)                # (B, N', C)
+    if num_prefix_tokens:
+        term = F.pad(term, (0, 0, num_prefix_tokens, 0))
+    return term
 
 
 # Attention kinds an ``L`` stage can use: the paper's focused attention, and the
@@ -388,26 +411,11 @@ class FocusedLinearAttention(nn.Module):
         """:meth:`dwc_term` from v (B, M, C) as one depthwise conv over all C channels.
 
         Channel ``head * d + i`` uses filter i, so the (d, 1, k, k) filters are
-        repeated h times; the conv reads a channels-last view of v and its
-        channels-last output is (B, N, C) without a copy.
+        repeated h times.
         """
-        B, _, C = v.shape
-        H, W = hw
-        n_grid = n_q - num_prefix_tokens
-        vg = v[:, num_prefix_tokens:]                                       # (B, M', C)
         weight = self.dwc.weight.repeat(self.num_heads, 1, 1, 1)           # (C, 1, k, k)
         bias = None if self.dwc.bias is None else self.dwc.bias.repeat(self.num_heads)
-        if vg.shape[1] != n_grid:
-            # Key reduction (PVT sr > 1): bring v to the query grid along tokens.
-            grid = F.interpolate(vg.transpose(1, 2), size=n_grid, mode="linear",
-                                 align_corners=False).reshape(B, C, H, W)   # (B, C, H, W)
-        else:
-            grid = vg.reshape(B, H, W, C).permute(0, 3, 1, 2)               # (B, C, H, W), channels-last
-        out = F.conv2d(grid, weight, bias, padding=self.dwc.padding, groups=C)
-        term = out.permute(0, 2, 3, 1).reshape(B, n_grid, C)                # (B, N', C)
-        if num_prefix_tokens:
-            term = F.pad(term, (0, 0, num_prefix_tokens, 0))
-        return term
+        return depthwise_conv_term(v, weight, bias, self.dwc.padding, hw, n_q, num_prefix_tokens)
 
     def dwc_term(self, vh: torch.Tensor, hw: Tuple[int, int], n_q: int,
                  num_prefix_tokens: int = 0) -> torch.Tensor:

@@ -40,7 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-EPS = 1e-6
+from .focused_linear_attention import EPS, _at_least_fp32, depthwise_conv_term
+
 OTHER_KINDS = ("hydra", "efficient", "angular", "enhanced")
 
 
@@ -124,10 +125,6 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     return (q @ kv) * z
 
 
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     b, n, _ = x.shape
     return x.reshape(b, n, num_heads, -1).transpose(1, 2)               # (B, h, N, d)
@@ -136,26 +133,6 @@ def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     b, h, n, d = x.shape
     return x.transpose(1, 2).reshape(b, n, h * d)                       # (B, N, C)
-
-
-def _dwc_branch(conv: nn.Conv2d, v: torch.Tensor, hw: Tuple[int, int], n_q: int,
-                num_prefix_tokens: int) -> torch.Tensor:
-    """Depthwise conv over all C channels of v (B, M, C) on the query grid -> (B, n_q, C).
-
-    Prefix tokens (class token) get zero; with fewer keys than queries (key
-    reduction) v is first resized along the token axis, linearly.
-    """
-    H, W = hw
-    vg = v[:, num_prefix_tokens:]                                        # (B, M', C)
-    n_grid = n_q - num_prefix_tokens
-    if vg.shape[1] != n_grid:
-        vg = F.interpolate(vg.transpose(1, 2), size=n_grid, mode="linear", align_corners=False).transpose(1, 2)
-    b, _, c = vg.shape
-    grid = vg.transpose(1, 2).reshape(b, c, H, W)                        # (B, C, H, W)
-    out = conv(grid).reshape(b, c, n_grid).transpose(1, 2)               # (B, H*W, C)
-    if num_prefix_tokens:
-        out = F.pad(out, (0, 0, num_prefix_tokens, 0))
-    return out
 
 
 def attend_linear_attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -185,7 +162,9 @@ def attend_linear_attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor,
                   "enhanced": relu_linear_attention}[kind]
             x = _merge_heads(fn(qh, kh, vh))                             # (B, N, C)
     if module.dwc is not None:
-        x = x + _dwc_branch(module.dwc, v, hw, q.shape[1], num_prefix_tokens).to(x.dtype)
+        conv = module.dwc
+        x = x + depthwise_conv_term(v, conv.weight, conv.bias, conv.padding, hw, q.shape[1],
+                                    num_prefix_tokens).to(x.dtype)
     return x.to(out_dtype)
 
 
