@@ -34,8 +34,7 @@ _C.DATA.PERSISTENT_WORKERS = True         # keep workers alive between epochs
 
 # ----------------------------------------------------------------------------- model
 _C.MODEL = CN()
-_C.MODEL.TYPE = "flatten_swin"            # family: flatten_deit | flatten_pvt | flatten_pvt_v2 | flatten_swin | flatten_cswin
-_C.MODEL.NAME = "flatten_swin_tiny_patch4_224"  # registered timm model name (sets the size defaults)
+_C.MODEL.NAME = "flatten_swin_tiny_patch4_224"  # registered timm model name (sets the family and the size defaults)
 _C.MODEL.PRETRAINED = ""                  # weights to start from (e.g. 224 weights for 384 fine-tuning)
 _C.MODEL.RESUME = ""                      # checkpoint to resume training or to evaluate
 _C.MODEL.NUM_CLASSES = 1000               # classifier outputs
@@ -60,8 +59,8 @@ _C.MODEL.LA.USE_DWC = True                # depthwise conv branch on v (Table 4)
 _C.MODEL.LA.USE_PE = True                 # positional_encoding on the keys (Table 4 drops it with DWC)
 _C.MODEL.LA.FOCUSED = True                # focused function on (False = vanilla ReLU linear attention)
 _C.MODEL.LA.KIND = "focused"              # L-stage attention: focused | hydra | efficient | angular | enhanced (Table 3)
-_C.MODEL.LA.PVT_LA_SR_RATIOS = 1111       # PVT/PVTv2: key reduction of the L stages, one digit per stage
-_C.MODEL.LA.CSWIN_LA_SPLIT_SIZE = ""      # CSWin: L-stage window per stage, e.g. '56-28-14-7' ('' = stage resolution)
+_C.MODEL.LA.PVT_LA_SR_RATIOS = [1, 1, 1, 1]  # PVT/PVTv2: key reduction of the L stages, one int per stage
+_C.MODEL.LA.CSWIN_LA_SPLIT_SIZE = []      # CSWin: L-stage window per stage, e.g. [56, 28, 14, 7] ([] = stage grid)
 
 # ----------------------------------------------------------------------------- training
 _C.TRAIN = CN()
@@ -250,30 +249,6 @@ def get_config(args) -> CN:
     validate(cfg)
     cfg.freeze()
     return cfg
-
-
-def model_kwargs(cfg: CN) -> dict:
-    """Keyword arguments of the model constructor from ``cfg.MODEL`` (overrides only when set)."""
-    m = cfg.MODEL
-    la = m.LA
-    kwargs = dict(
-        num_classes=m.NUM_CLASSES,
-        drop_rate=m.DROP_RATE,
-        drop_path_rate=m.DROP_PATH_RATE,
-        img_size=cfg.DATA.IMG_SIZE,
-        attn_type=la.ATTN_TYPE,
-        la_kwargs=dict(focusing_factor=la.FOCUSING_FACTOR, kernel_size=la.KERNEL_SIZE,
-                       use_dwc=la.USE_DWC, focused=la.FOCUSED, kind=la.KIND, use_pe=la.USE_PE),
-    )
-    overrides = dict(embed_dim=m.EMBED_DIM, embed_dims=list(m.EMBED_DIMS), depths=list(m.DEPTHS),
-                     num_heads=list(m.NUM_HEADS), window_size=m.WINDOW_SIZE,
-                     split_size=list(m.SPLIT_SIZE), sr_ratios=list(m.SR_RATIOS))
-    kwargs.update({k: v for k, v in overrides.items() if v})
-    if "pvt" in m.NAME:
-        kwargs["la_sr_ratios"] = [int(c) for c in str(la.PVT_LA_SR_RATIOS)]
-    if "cswin" in m.NAME and la.CSWIN_LA_SPLIT_SIZE:
-        kwargs["la_split_size"] = [int(s) for s in str(la.CSWIN_LA_SPLIT_SIZE).split("-")]
-    return kwargs
 
 
 def dump(cfg: CN) -> str:

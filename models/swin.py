@@ -8,77 +8,55 @@ names follow the released FLatten checkpoints (``layers.{i}.blocks.{j}...``,
 
 Each stage uses one attention type (``attn_type``, one letter per stage):
 
-* ``L``: focused linear attention (:class:`FocusedWindowAttention`) inside
-  windows of ``window_size`` tokens per side. When the window covers the whole
-  stage it becomes global attention with no shift: with ``window_size`` 56 at
-  224 input (96 at 384) the first two stages attend globally.
+* ``L``: a linear attention (focused by default, ``la_kwargs``) inside windows
+  of ``window_size`` tokens per side. When the window covers the stage grid
+  (along its shorter side) the block attends globally over the whole grid, with
+  no shift: with ``window_size`` 56 at 224 input (96 at 384) the first two
+  stages are global.
 * ``S``: Swin's softmax window attention with a relative position bias
   (:class:`WindowAttention`), window 7 (12 when ``window_size`` > 56), shifted
   by half a window on odd blocks.
 
-Blocks work on channels-last grids (B, H, W, C) throughout.
+Any input size: built with ``dynamic_img_size=True`` the model runs at every
+size whose sides are multiples of 32. Global blocks stay global (their
+positional encoding is resampled to the current grid, as on checkpoint load);
+windowed blocks keep their window and pad the grid at the bottom and right to
+whole windows (as Swin's detection code does), the shifted-window mask being
+computed for the padded grid. ``set_input_size()`` changes the built size the
+same way.
+
+Blocks work on channels-last grids (B, H, W, C); ``forward_features`` returns
+(B, H/32, W/32, C) (``output_fmt = 'NHWC'``), ``forward_intermediates`` NCHW maps.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .layers.common import (ClassifierMixin, check_input_size, init_linear_and_norm, parse_attn_type,
-                            to_2tuple_size)
-from .layers.focused_linear_attention import FocusedLinearAttention, make_la_kwargs
-from .layers.weights import checkpoint_filter_fn
-from .layers.window import relative_position_index, shifted_window_mask, window_partition, window_reverse
+from ._builder import build_flatten_model, pretrained_cfgs
+from .layers.attention import checked_la_kwargs, create_linear_attention
+from .layers.family import FLattenModel, ModelConfigError, check_per_stage, init_linear_and_norm, parse_attn_type
+from .layers.grid import Grid, to_2tuple_size
+from .layers.pos_embed import GridCache, grid_parameter, rel_pos_table_resample, resampled_parameter
+from .layers.window import (pad_to_window, relative_position_index, shifted_window_mask, window_mask,
+                            window_partition, window_reverse)
 
-__all__ = ["FLattenSwinTransformer", "FocusedWindowAttention", "WindowAttention"]
+__all__ = ["FLattenSwin", "FLattenSwinBlock", "WindowAttention", "softmax_window_size"]
+
+# The dynamic-size mask is one opaque call under torch.fx (it is called from this module).
+torch.fx.wrap("window_mask")
 
 
 def softmax_window_size(window_size: int) -> int:
-    """Window of the ``S`` (softmax) stages for a given L-stage ``window_size``."""
+    """Window of the ``S`` (softmax) stages for a given L-stage ``window_size`` (the released rule)."""
     return 7 if window_size <= 56 else 12
-
-
-class FocusedWindowAttention(FocusedLinearAttention):
-    """Focused linear attention over the tokens of each window.
-
-    Args:
-        dim: channels C.
-        num_heads: heads h.
-        window_size: window side w; ``positional_encoding`` covers w*w tokens and
-            ``dwc`` runs on the w x w window grid.
-        qkv_bias: bias of the ``qkv`` projection.
-        proj_drop: dropout after ``proj``.
-        **la_kwargs: focused attention options (see :func:`make_la_kwargs`).
-    """
-
-    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
-                 proj_drop: float = 0., **la_kwargs):
-        super().__init__(dim, num_heads, window_size * window_size, **la_kwargs)
-        self.window_size = window_size
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Attend within windows.
-
-        Args:
-            x: (B * nW, w*w, C) window tokens.
-            mask: shifted-window mask; accepted for interface parity with
-                :class:`WindowAttention` and deliberately unused: the released
-                models do not mask linear attention, so in shifted windows the
-                tokens of the rolled-in border regions attend to each other.
-        """
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.dim)).unbind(-2)     # 3 x (B*nW, N, C)
-        x = self.attend(q, k, v, (self.window_size, self.window_size))
-        return self.proj_drop(self.proj(x))
 
 
 class WindowAttention(nn.Module):
@@ -106,6 +84,17 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def set_window(self, window_size: int) -> None:
+        """Another window side: the bias table resampled (bicubic over the offsets), the index rebuilt."""
+        if window_size == self.window_size:
+            return
+        with torch.no_grad():
+            table = rel_pos_table_resample(self.relative_position_bias_table.detach(), (window_size, window_size))
+        self.relative_position_bias_table = nn.Parameter(table.clone())
+        self.relative_position_index = relative_position_index(window_size,
+                                                               device=self.relative_position_index.device)
+        self.window_size = window_size
 
     def relative_position_bias(self) -> torch.Tensor:
         """(h, N, N) bias, N = w*w."""
@@ -139,76 +128,131 @@ class WindowAttention(nn.Module):
 
 
 class FLattenSwinBlock(nn.Module):
-    """Pre-norm Swin block: (shifted) window attention, then an MLP.
+    """Pre-norm Swin block: global or (shifted) window attention, then an MLP.
 
     Args:
         dim: channels C.
-        input_resolution: (H, W) of the stage grid.
+        input_resolution: (H, W) of the stage grid at the built size.
         num_heads: heads h.
-        attn_type: 'L' (focused linear) or 'S' (softmax with relative position bias).
-        window_size: requested window side; reduced to the grid (and the shift
-            dropped) when the grid is not larger than the window.
+        attn_type: 'L' (linear attention, ``la_kwargs``) or 'S' (softmax with relative position bias).
+        window_size: requested window side. An 'L' block whose window covers the grid
+            (along the shorter side) attends globally over the grid; an 'S' block then
+            uses the grid's shorter side as window; in both cases without shift.
         shift_size: cyclic shift of the grid before windowing (0 = none).
         mlp_ratio: MLP hidden width / C.
         qkv_bias: bias of ``qkv``.
         proj_drop: dropout after ``proj`` and inside the MLP.
         attn_drop: dropout on softmax attention weights ('S' only).
         drop_path: stochastic depth of both residual branches.
-        la_kwargs: focused attention options ('L' only).
+        la_kwargs: linear attention options ('L' only).
+        dynamic: inputs of other sizes are expected (pad to windows and compute masks per size).
     """
 
-    def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int, attn_type: str = "L",
+    def __init__(self, dim: int, input_resolution: Grid, num_heads: int, attn_type: str = "L",
                  window_size: int = 7, shift_size: int = 0, mlp_ratio: float = 4., qkv_bias: bool = True,
                  proj_drop: float = 0., attn_drop: float = 0., drop_path: float = 0.,
-                 la_kwargs: Optional[Dict[str, Any]] = None):
+                 la_kwargs: Optional[Dict[str, Any]] = None, dynamic: bool = False):
         super().__init__()
         H, W = input_resolution
-        if min(H, W) <= window_size:
-            # The window covers the grid: plain (global) attention, nothing to shift.
-            window_size, shift_size = min(H, W), 0
-        if H % window_size or W % window_size:
-            raise ValueError(f"stage grid {H}x{W} is not a multiple of the window {window_size}; "
-                             "choose img_size / window_size so that windows tile every stage")
-        self.input_resolution = (H, W)
-        self.window_size = window_size
-        self.shift_size = shift_size
         self.attn_type = attn_type
+        self.target_window = window_size
+        self.target_shift = shift_size
+        self.dynamic = dynamic
+        # An 'L' block that covers its grid at the built size stays global at every size.
+        self.global_attn = attn_type == "L" and min(H, W) <= window_size
+        self._set_layout(input_resolution)
 
         self.norm1 = nn.LayerNorm(dim)
         if attn_type == "L":
-            self.attn = FocusedWindowAttention(dim, num_heads, window_size, qkv_bias=qkv_bias,
-                                               proj_drop=proj_drop, **(la_kwargs or {}))
-            mask = None  # linear attention ignores the shifted-window mask (as released)
+            la = checked_la_kwargs(la_kwargs)
+            grid = (H, W) if self.global_attn else (self.window_size, self.window_size)
+            self.attn = create_linear_attention(la.pop("kind"), dim, num_heads, grid, qkv="qkv", qkv_bias=qkv_bias,
+                                                proj_drop=proj_drop, **la)
         else:
-            self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
+            self.attn = WindowAttention(dim, num_heads, self.window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
                                         proj_drop=proj_drop)
-            mask = shifted_window_mask(H, W, window_size, shift_size)
-        self.register_buffer("attn_mask", mask, persistent=False)
+        self._register_mask()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def _attn(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = self.input_resolution
-        s = self.shift_size
+    def _set_layout(self, input_resolution: Grid) -> None:
+        """Window, shift and padding of the block for a grid of the built size."""
+        H, W = input_resolution
+        self.input_resolution = (H, W)
+        if self.global_attn:
+            self.window_size, self.shift_size = None, 0
+        elif min(H, W) <= self.target_window:
+            # The window covers the grid: one window of the shorter side, nothing to shift.
+            self.window_size, self.shift_size = min(H, W), 0
+        else:
+            self.window_size, self.shift_size = self.target_window, self.target_shift
+        w = self.window_size
+        self.padded = w is not None and bool(H % w or W % w)
+
+    def _register_mask(self) -> None:
+        """The shifted-window mask of the built (padded) grid; linear attention is never masked (as released)."""
+        mask = None
+        if self.attn_type == "S" and self.shift_size:
+            H, W = self.input_resolution
+            w = self.window_size
+            device = self.norm1.weight.device if hasattr(self, "norm1") else None
+            mask = shifted_window_mask(-(-H // w) * w, -(-W // w) * w, w, self.shift_size, device=device)
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    def set_input_resolution(self, input_resolution: Grid) -> None:
+        """Build for another stage grid (``set_input_size``): windows, masks and grid-sized parameters."""
+        self._set_layout(input_resolution)
+        if self.attn_type == "L":
+            grid = input_resolution if self.global_attn else (self.window_size, self.window_size)
+            self.attn.set_grid(grid)
+        else:
+            self.attn.set_window(self.window_size)
+        self._register_mask()
+
+    def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Normed grid (B, H, W, C) -> attention output (B, H, W, C) in (shifted) windows."""
+        H, W = x.shape[1], x.shape[2]
+        w, s = self.window_size, self.shift_size
+        pad = self.dynamic or self.padded
+        if pad:
+            x = pad_to_window(x, w)                                       # (B, Hp, Wp, C)
+        Hp, Wp = x.shape[1], x.shape[2]
         if s:
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
-        windows = window_partition(x, self.window_size)                   # (B*nW, w*w, C)
-        windows = self.attn(windows, mask=self.attn_mask)
-        x = window_reverse(windows, self.window_size, H, W)               # (B, H, W, C)
+        windows = window_partition(x, w)                                  # (B*nW, w*w, C)
+        if self.attn_type == "L":
+            # Linear attention ignores the shifted-window mask (as released).
+            windows = self.attn(windows, (w, w))
+        else:
+            mask = self.attn_mask
+            if s and self.dynamic:
+                mask = window_mask(Hp, Wp, w, s, x.device)
+            windows = self.attn(windows, mask)
+        x = window_reverse(windows, w, Hp, Wp)                            # (B, Hp, Wp, C)
         if s:
             x = torch.roll(x, shifts=(s, s), dims=(1, 2))
+        if pad:
+            x = x[:, :H, :W]
         return x
+
+    def _global_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Normed grid (B, H, W, C) -> linear attention over all its tokens (B, H, W, C)."""
+        B, H, W, C = x.shape
+        return self.attn(x.reshape(B, H * W, C), (H, W)).view(B, H, W, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
-        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        y = self.norm1(x)
+        y = self._global_attention(y) if self.global_attn else self._window_attention(y)
+        x = x + self.drop_path1(y)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
     def extra_repr(self) -> str:
+        window = "global" if self.global_attn else self.window_size
         return (f"attn_type={self.attn_type}, input_resolution={self.input_resolution}, "
-                f"window_size={self.window_size}, shift_size={self.shift_size}")
+                f"window_size={window}, shift_size={self.shift_size}")
 
 
 class PatchMerging(nn.Module):
@@ -224,7 +268,7 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, W, C) -> (B, H/2, W/2, 2C)."""
+        """x: (B, H, W, C) -> (B, H/2, W/2, 2C) (H and W even)."""
         B, H, W, C = x.shape
         # Concat order (row, col) offsets (0,0), (1,0), (0,1), (1,1), as Swin's checkpoints expect.
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5)  # (B, H/2, W/2, dc, dr, C)
@@ -237,54 +281,43 @@ class FLattenSwinStage(nn.Module):
 
     Args:
         dim: channels C.
-        input_resolution: (H, W) of the stage grid.
+        input_resolution: (H, W) of the stage grid at the built size.
         depth: number of blocks.
         num_heads: heads per block.
         attn_type: 'L' or 'S' for every block of the stage.
-        window_size: window side of the blocks (before clipping to the grid).
+        window_size: window side of the blocks (before covering the grid).
         downsample: end the stage with :class:`PatchMerging`.
         drop_path: per-block stochastic depth rates.
         **block_kwargs: remaining :class:`FLattenSwinBlock` arguments.
     """
 
-    def __init__(self, dim: int, input_resolution: Tuple[int, int], depth: int, num_heads: int, attn_type: str,
+    def __init__(self, dim: int, input_resolution: Grid, depth: int, num_heads: int, attn_type: str,
                  window_size: int, downsample: bool, drop_path: Sequence[float], **block_kwargs):
         super().__init__()
-        H, W = input_resolution
-        self.grad_checkpointing = False
         self.blocks = nn.Sequential(*[
-            FLattenSwinBlock(dim, (H, W), num_heads, attn_type=attn_type, window_size=window_size,
+            FLattenSwinBlock(dim, input_resolution, num_heads, attn_type=attn_type, window_size=window_size,
                              shift_size=0 if i % 2 == 0 else window_size // 2, drop_path=drop_path[i],
                              **block_kwargs)
             for i in range(depth)])
-        if downsample and (H % 2 or W % 2):
-            raise ValueError(f"patch merging needs an even grid, got {H}x{W}")
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """The stage's blocks without the final patch merging; (B, H, W, C)."""
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            for blk in self.blocks:
-                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_blocks(x)
+        x = self.blocks(x)
         return x if self.downsample is None else self.downsample(x)
 
 
-class FLattenSwinTransformer(ClassifierMixin, nn.Module):
+class FLattenSwin(FLattenModel):
     """FLatten-Swin backbone and classifier.
 
     Args:
-        img_size: input size (int or (H, W)); the model only runs at this size.
+        img_size: input size (int or (H, W)) the model is built for.
         in_chans: input channels.
         num_classes: classes of ``head`` (0 = no head).
+        global_pool: 'avg' or '' (no pooling) before ``head``.
         drop_rate: dropout after the embedding, in the MLPs and after attention.
         drop_path_rate: stochastic depth, linearly increasing over all blocks.
-        attn_type: one letter per stage, 'L' focused linear or 'S' softmax window attention.
-        la_kwargs: focused attention options (focusing_factor, kernel_size, use_dwc, focused).
+        attn_type: one letter per stage, 'L' linear (focused) or 'S' softmax window attention.
+        la_kwargs: linear attention options (kind, focusing_factor, kernel_size, use_dwc, focused, use_pe).
         embed_dim: channels of the first stage (doubled at every merge).
         depths: blocks per stage.
         num_heads: heads per stage.
@@ -296,33 +329,38 @@ class FLattenSwinTransformer(ClassifierMixin, nn.Module):
         ape: add a learned absolute position embedding after the patch embedding.
         patch_norm: LayerNorm after the patch embedding.
         attn_drop_rate: dropout on softmax attention weights.
-        global_pool: 'avg' or '' (no pooling) before ``head``.
-        softmax_window: window of the 'S' stages; None keeps the released rule above
-            (e.g. 8 runs 512 inputs, whose stage grids 7 and 12 do not tile).
+        softmax_window: window of the 'S' stages; None keeps the released rule above.
+        dynamic_img_size: run at any size whose sides are multiples of 32 (see the module doc).
     """
 
-    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, in_chans: int = 3, num_classes: int = 1000,
-                 drop_rate: float = 0., drop_path_rate: float = 0.1, attn_type: str = "LLSS",
+    output_fmt = "NHWC"
+
+    def __init__(self, img_size: Union[int, Grid] = 224, in_chans: int = 3, num_classes: int = 1000,
+                 global_pool: str = "avg", drop_rate: float = 0., drop_path_rate: float = 0.1, attn_type: str = "LLSS",
                  la_kwargs: Optional[Dict[str, Any]] = None, embed_dim: int = 96,
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  window_size: int = 56, mlp_ratio: float = 4., qkv_bias: bool = True, patch_size: int = 4,
                  ape: bool = False, patch_norm: bool = True, attn_drop_rate: float = 0.,
-                 global_pool: str = "avg", softmax_window: Optional[int] = None):
+                 softmax_window: Optional[int] = None, dynamic_img_size: bool = False):
         super().__init__()
-        self.checked_global_pool(global_pool)
         num_stages = len(depths)
-        if len(num_heads) != num_stages:
-            raise ValueError(f"num_heads {list(num_heads)} must have one entry per stage ({num_stages})")
+        num_heads = check_per_stage("num_heads", num_heads, num_stages)
         attn_types = parse_attn_type(attn_type, num_stages)
-        la_kwargs = make_la_kwargs(**(la_kwargs or {}))
-        self.img_size = to_2tuple_size(img_size)
-        self.num_classes = num_classes
-        self.global_pool = global_pool
+        la_kwargs = checked_la_kwargs(la_kwargs)
+        if window_size < 1:
+            raise ModelConfigError(f"window_size must be >= 1, got {window_size}", "window_size", window_size)
+        self.size_multiple = patch_size * 2 ** (num_stages - 1)
+        img_size = to_2tuple_size(img_size)
+        self.init_surface(img_size, num_classes, global_pool, int(embed_dim * 2 ** (num_stages - 1)), 0.,
+                          dynamic_img_size)
+        if img_size[0] % self.size_multiple or img_size[1] % self.size_multiple:
+            raise ModelConfigError(f"img_size {img_size[0]}x{img_size[1]} is not a multiple of the total stride "
+                                   f"{self.size_multiple} (patch merging halves every stage grid)",
+                                   "img_size", img_size)
+        self.attn_type = "".join(attn_types)
         self.num_prefix_tokens = 0
-        self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (num_stages - 1))
-        self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim,
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim,
                                       norm_layer=nn.LayerNorm if patch_norm else None, output_fmt="NHWC",
                                       strict_img_size=False)
         grid = self.patch_embed.grid_size
@@ -331,23 +369,24 @@ class FLattenSwinTransformer(ClassifierMixin, nn.Module):
             trunc_normal_(self.absolute_pos_embed, std=.02)
         else:
             self.absolute_pos_embed = None
+        self._ape_cache = GridCache()
         self.pos_drop = nn.Dropout(drop_rate)
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        s_window = softmax_window or softmax_window_size(window_size)
         stages, self.feature_info = [], []
         for i in range(num_stages):
             dim = embed_dim * 2 ** i
             res = (grid[0] // 2 ** i, grid[1] // 2 ** i)
-            stage_window = window_size if attn_types[i] == "L" else (softmax_window or softmax_window_size(window_size))
             stages.append(FLattenSwinStage(
-                dim, res, depths[i], num_heads[i], attn_types[i], stage_window,
+                dim, res, depths[i], num_heads[i], attn_types[i], window_size if attn_types[i] == "L" else s_window,
                 downsample=i < num_stages - 1, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
-                la_kwargs=la_kwargs))
-            self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f"layers.{i}"))
+                la_kwargs=la_kwargs, dynamic=self.dynamic_img_size))
+            self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f"layers.{i}.blocks"))
         self.layers = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = self.make_head(num_classes)
         self.apply(init_linear_and_norm)
 
     # -- timm model surface -----------------------------------------------------------
@@ -366,21 +405,52 @@ class FLattenSwinTransformer(ClassifierMixin, nn.Module):
                 (r"^norm", (99999,)),
             ])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.layers:
-            stage.grad_checkpointing = enable
+    def token_grids(self) -> Dict[str, Tuple[Grid, int]]:
+        """{parameter: (grid, prefix tokens)} of the model's own token-grid parameters."""
+        return {"absolute_pos_embed": (tuple(self.patch_embed.grid_size), 0)} if self.absolute_pos_embed is not None \
+            else {}
+
+    def set_input_size(self, img_size: Union[int, Grid]) -> None:
+        """Build for another input size: grids, windows, masks and grid-sized parameters follow.
+
+        Global blocks stay global (positional encodings resampled to the new grid),
+        windowed blocks keep their window (covering a smaller grid as at construction).
+        """
+        img_size = to_2tuple_size(img_size)
+        if img_size[0] % self.size_multiple or img_size[1] % self.size_multiple:
+            raise ModelConfigError(f"img_size {img_size} is not a multiple of {self.size_multiple}", "img_size",
+                                   img_size)
+        old_grid = tuple(self.patch_embed.grid_size)
+        self.patch_embed.set_input_size(img_size=img_size)
+        grid = tuple(self.patch_embed.grid_size)
+        if self.absolute_pos_embed is not None:
+            self.absolute_pos_embed = resampled_parameter(self.absolute_pos_embed, grid, old_grid)
+            self._ape_cache.clear()
+        for i, stage in enumerate(self.layers):
+            for blk in stage.blocks:
+                blk.set_input_resolution((grid[0] // 2 ** i, grid[1] // 2 ** i))
+        self.img_size = img_size
 
     # -- forward ----------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) image -> (B, H/p, W/p, C) tokens."""
-        name = getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
-        check_input_size(x, self.img_size, name)
+        self.check_input(x)
         x = self.patch_embed(x)                                           # (B, Hp, Wp, C)
         if self.absolute_pos_embed is not None:
-            x = x + self.absolute_pos_embed.view(1, *x.shape[1:])
+            B, H, W, C = x.shape
+            pos = grid_parameter(self.absolute_pos_embed, (H, W), tuple(self.patch_embed.grid_size), 0,
+                                 self._ape_cache)
+            x = x + pos.view(1, H, W, C)
         return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> normed last-stage features (B, H/32, W/32, C)."""
+        x = self._embed(x)
+        for stage in self.layers:
+            x = self.run_blocks(stage.blocks, x)
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return self.norm(x)
 
     def forward_intermediates(
             self,
@@ -407,11 +477,11 @@ class FLattenSwinTransformer(ClassifierMixin, nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         last = len(self.layers) - 1
-        stages = self.layers[:max_index + 1] if stop_early else self.layers
+        stages = self.layers[:max_index + 1] if (stop_early or intermediates_only) else self.layers
         intermediates = []
         x = self._embed(x)
         for i, stage in enumerate(stages):
-            x = stage.forward_blocks(x)
+            x = self.run_blocks(stage.blocks, x)
             if i in take_indices:
                 feat = self.norm(x) if norm and i == last else x
                 intermediates.append(feat.permute(0, 3, 1, 2).contiguous())  # (B, C, H, W)
@@ -432,77 +502,110 @@ class FLattenSwinTransformer(ClassifierMixin, nn.Module):
         if prune_end:
             self.layers[-1].downsample = None
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.feature_info = self.feature_info[:max_index + 1]
         if prune_norm or prune_end:
             self.norm = nn.Identity()
         if prune_head or prune_end:
             self.reset_classifier(0, "")
         return take_indices
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> normed last-stage features (B, H/32, W/32, C)."""
-        x = self._embed(x)
-        x = self.layers(x)
-        return self.norm(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))                                        # (B, C)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+# ------------------------------------------------------------------------------------------- registry
+def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> FLattenSwin:
+    return build_flatten_model(FLattenSwin, variant, pretrained, **kwargs)
 
 
-def _create_flatten_swin(variant: str, pretrained: bool = False, **kwargs) -> FLattenSwinTransformer:
-    return build_model_with_cfg(
-        FLattenSwinTransformer, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **kwargs)
-
-
-def _cfg(**kwargs) -> Dict[str, Any]:
-    return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
-        "crop_pct": 0.875, "crop_mode": "squash", "interpolation": "bicubic", "fixed_input_size": True,
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head", **kwargs,
-    }
+def _cfgs(arch: str, input_size: int = 224) -> dict:
+    return pretrained_cfgs(arch, "patch_embed.proj", input_size, pool_size=input_size // 32)
 
 
 default_cfgs = generate_default_cfgs({
-    "flatten_swin_tiny_patch4_224": _cfg(),
-    "flatten_swin_small_patch4_224": _cfg(),
-    "flatten_swin_base_patch4_224": _cfg(),
-    "flatten_swin_base_patch4_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    **_cfgs("flatten_swin_tiny_patch4_224"),
+    **_cfgs("flatten_swin_small_patch4_224"),
+    **_cfgs("flatten_swin_base_patch4_224"),
+    **_cfgs("flatten_swin_base_patch4_384", 384),
+    **_cfgs("flatten_softmax_swin_t"),
+    **_cfgs("flatten_softmax_swin_s"),
+    **_cfgs("flatten_softmax_swin_b"),
+    **_cfgs("flatten_softmax_swin_b_384", 384),
 })
 
-
-@register_model
-def flatten_swin_tiny_patch4_224(pretrained: bool = False, **kwargs) -> FLattenSwinTransformer:
-    """FLatten-Swin-T: 29.2M params at 224."""
-    args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=56, drop_path_rate=0.2)
-    return _create_flatten_swin("flatten_swin_tiny_patch4_224", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def flatten_swin_small_patch4_224(pretrained: bool = False, **kwargs) -> FLattenSwinTransformer:
-    """FLatten-Swin-S."""
-    args = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=56, drop_path_rate=0.3)
-    return _create_flatten_swin("flatten_swin_small_patch4_224", pretrained, **dict(args, **kwargs))
+SWIN_T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=56, drop_path_rate=0.2)
+SWIN_S = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=56, drop_path_rate=0.3)
+SWIN_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=56, drop_path_rate=0.5)
+SWIN_B_384 = dict(SWIN_B, img_size=384, window_size=96)
+SOFTMAX = dict(attn_type="SSSS")
 
 
 @register_model
-def flatten_swin_base_patch4_224(pretrained: bool = False, **kwargs) -> FLattenSwinTransformer:
-    """FLatten-Swin-B."""
-    args = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=56,
-                drop_path_rate=0.5)
-    return _create_flatten_swin("flatten_swin_base_patch4_224", pretrained, **dict(args, **kwargs))
+def flatten_swin_tiny_patch4_224(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """FLatten-Swin-T (Table 8: 29M params, 4.5 GFLOPs, 82.1 top-1)."""
+    return _create_swin("flatten_swin_tiny_patch4_224", pretrained, **{**SWIN_T, **kwargs})
 
 
 @register_model
-def flatten_swin_base_patch4_384(pretrained: bool = False, **kwargs) -> FLattenSwinTransformer:
-    """FLatten-Swin-B at 384 (L window 96: stages 1-2 global; S window 12)."""
-    args = dict(img_size=384, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=96,
-                drop_path_rate=0.5)
-    return _create_flatten_swin("flatten_swin_base_patch4_384", pretrained, **dict(args, **kwargs))
+def flatten_swin_small_patch4_224(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """FLatten-Swin-S (Table 8: 51M params, 8.7 GFLOPs, 83.5 top-1)."""
+    return _create_swin("flatten_swin_small_patch4_224", pretrained, **{**SWIN_S, **kwargs})
+
+
+@register_model
+def flatten_swin_base_patch4_224(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """FLatten-Swin-B (Table 8: 89M params, 15.4 GFLOPs, 83.8 top-1)."""
+    return _create_swin("flatten_swin_base_patch4_224", pretrained, **{**SWIN_B, **kwargs})
+
+
+@register_model
+def flatten_swin_base_patch4_384(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """FLatten-Swin-B at 384 (L window 96: stages 1-2 global; S window 12; Table 8: 91M, 46.5G, 85.0)."""
+    return _create_swin("flatten_swin_base_patch4_384", pretrained, **{**SWIN_B_384, **kwargs})
+
+
+# Config names (configs/<name>.yaml) of the same models.
+@register_model
+def flatten_swin_t(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """Config name of :func:`flatten_swin_tiny_patch4_224`."""
+    return flatten_swin_tiny_patch4_224(pretrained, **kwargs)
+
+
+@register_model
+def flatten_swin_s(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """Config name of :func:`flatten_swin_small_patch4_224`."""
+    return flatten_swin_small_patch4_224(pretrained, **kwargs)
+
+
+@register_model
+def flatten_swin_b(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """Config name of :func:`flatten_swin_base_patch4_224`."""
+    return flatten_swin_base_patch4_224(pretrained, **kwargs)
+
+
+@register_model
+def flatten_swin_b_384(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """Config name of :func:`flatten_swin_base_patch4_384`."""
+    return flatten_swin_base_patch4_384(pretrained, **kwargs)
+
+
+# Softmax baselines of Table 8 (configs/baselines/swin_*.yaml): Swin's shifted windows everywhere.
+@register_model
+def flatten_softmax_swin_t(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """Swin-T (window 7) in this code base (Table 8: 29M params, 4.5 GFLOPs, 81.3 top-1)."""
+    return _create_swin("flatten_softmax_swin_t", pretrained, **{**SWIN_T, **SOFTMAX, **kwargs})
+
+
+@register_model
+def flatten_softmax_swin_s(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """Swin-S (window 7) in this code base (Table 8: 50M, 8.7G, 83.0)."""
+    return _create_swin("flatten_softmax_swin_s", pretrained, **{**SWIN_S, **SOFTMAX, **kwargs})
+
+
+@register_model
+def flatten_softmax_swin_b(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """Swin-B (window 7) in this code base (Table 8: 88M, 15.4G, 83.5)."""
+    return _create_swin("flatten_softmax_swin_b", pretrained, **{**SWIN_B, **SOFTMAX, **kwargs})
+
+
+@register_model
+def flatten_softmax_swin_b_384(pretrained: bool = False, **kwargs) -> FLattenSwin:
+    """Swin-B at 384 (window 12) in this code base (Table 8: 88M, 47.0G, 84.5)."""
+    return _create_swin("flatten_softmax_swin_b_384", pretrained, **{**SWIN_B_384, **SOFTMAX, **kwargs})

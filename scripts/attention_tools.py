@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from models.layers.focused_linear_attention import FocusedLinearAttention  # noqa: E402
+from models.layers.attention import FocusedLinearAttention, LinearAttention  # noqa: E402
 
 
 def build(cfg_file: str, opts: Optional[Sequence[str]] = None, resume: Optional[str] = None, seed: int = 0):
@@ -49,7 +49,7 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
 
 
-def build_focused(args) -> Tuple[Any, nn.Module, List[Tuple[str, FocusedLinearAttention]]]:
+def build_focused(args) -> Tuple[Any, nn.Module, List[Tuple[str, LinearAttention]]]:
     """(config, model, its focused attention modules) from the :func:`add_model_arguments` values;
     a one-line error when the model has no focused attention."""
     cfg, model = build(args.cfg, args.opts, args.resume)
@@ -63,7 +63,7 @@ def load_image(path: Optional[str], cfg, seed: int = 0) -> Tuple[torch.Tensor, t
     """(normalised input (1, 3, S, S), display image (S, S, 3) in [0, 1]).
 
     With ``path`` the image goes through the evaluation transform of the config
-    (SPEC section 3); without, a fixed random image is used.
+    (docs/model.md, section 3); without, a fixed random image is used.
     """
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -83,13 +83,13 @@ def load_image(path: Optional[str], cfg, seed: int = 0) -> Tuple[torch.Tensor, t
     return x.unsqueeze(0), show
 
 
-def focused_modules(model: nn.Module) -> List[Tuple[str, FocusedLinearAttention]]:
+def focused_modules(model: nn.Module) -> List[Tuple[str, LinearAttention]]:
     """Every focused (or Table 3) linear attention of ``model``, in forward order of definition."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, FocusedLinearAttention)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LinearAttention)]
 
 
 @contextlib.contextmanager
-def capture_attend(modules: Sequence[FocusedLinearAttention]) -> Iterator[Dict[int, dict]]:
+def capture_attend(modules: Sequence[LinearAttention]) -> Iterator[Dict[int, dict]]:
     """Record the inputs of ``attend`` of each module during the forwards run inside the block.
 
     Yields {index in ``modules``: dict(q, k, v, hw, num_prefix_tokens)} (detached,
@@ -97,7 +97,7 @@ def capture_attend(modules: Sequence[FocusedLinearAttention]) -> Iterator[Dict[i
     """
     records: Dict[int, dict] = {}
 
-    def wrap(i: int, module: FocusedLinearAttention):
+    def wrap(i: int, module: LinearAttention):
         original = module.attend
 
         def attend(q, k, v, hw, num_prefix_tokens=0):
@@ -116,22 +116,19 @@ def capture_attend(modules: Sequence[FocusedLinearAttention]) -> Iterator[Dict[i
             m.__dict__.pop("attend", None)
 
 
-def global_weights(module: FocusedLinearAttention, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def global_weights(module: LinearAttention, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """(B, h, N, M) weights of the module's global (non-conv) attention."""
-    if getattr(module, "kind", "focused") == "focused":
-        return module.attention_weights(q, k)
-    from models.layers.linear_attentions import linear_attention_weights
-    return linear_attention_weights(module, q, k)
+    return module.attention_weights(q, k)
 
 
-def vanilla_linear_weights(module: FocusedLinearAttention, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def vanilla_linear_weights(module: LinearAttention, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """(B, h, N, M) weights of vanilla ReLU linear attention on the same q, k.
 
     For focused attention: the module's own kernel (positional encoding, ReLU,
     temperature) without the focusing function; otherwise plain ReLU + eps.
     """
-    from models.layers.focused_linear_attention import EPS, explicit_attention_matrix
-    if getattr(module, "kind", "focused") == "focused":
+    from models.layers.attention import EPS, explicit_attention_matrix
+    if isinstance(module, FocusedLinearAttention):
         focused = module.focused
         module.focused = False
         try:
@@ -143,7 +140,7 @@ def vanilla_linear_weights(module: FocusedLinearAttention, q: torch.Tensor, k: t
     return explicit_attention_matrix(module.split_heads(qf), module.split_heads(kf))
 
 
-def softmax_weights(module: FocusedLinearAttention, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def softmax_weights(module: LinearAttention, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """(B, h, N, M) softmax attention ``softmax(q k^T / sqrt(d))`` on the same q, k."""
     qh, kh = module.split_heads(q.float()), module.split_heads(k.float())
     return (qh @ kh.transpose(-2, -1) * qh.shape[-1] ** -0.5).softmax(dim=-1)
@@ -161,7 +158,7 @@ def dwc_matrix(conv: nn.Conv2d, channel: int, hw: Tuple[int, int]) -> torch.Tens
     return out.reshape(n, n).t()                                                   # column j = response to e_j
 
 
-def dwc_channel(module: FocusedLinearAttention, head: int, channel: int) -> int:
+def dwc_channel(module: LinearAttention, head: int, channel: int) -> int:
     """Conv channel acting on channel ``channel`` of head ``head``.
 
     Focused attention shares one d-channel conv across heads; the Table 3

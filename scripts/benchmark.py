@@ -76,7 +76,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import models  # noqa: E402,F401  (registers the FLatten models)
 from config import load_config  # noqa: E402
-from models.layers.focused_linear_attention import FocusedLinearAttention, attention_impl  # noqa: E402
+from models.layers.attention import FocusedLinearAttention, attention_impl  # noqa: E402
 from utils.cpu_memory import keep_freed_memory  # noqa: E402
 
 _logger = logging.getLogger("benchmark")
@@ -220,7 +220,7 @@ def select_configs(patterns: Optional[Sequence[str]]) -> List[str]:
 
 
 def family_of(cfg) -> str:
-    return cfg.MODEL.TYPE.lower().removeprefix("flatten_")
+    return models.family_of(cfg.MODEL.NAME)
 
 
 def build_ours(path: str, **overrides) -> nn.Module:
@@ -855,7 +855,7 @@ def run_op(args, device: torch.device) -> Tuple[Dict[str, Any], List[Dict[str, A
     for label, side, dim, heads in OP_SHAPES:
         n = side * side
         torch.manual_seed(0)
-        attn = FocusedLinearAttention(dim, heads, n).to(device)
+        attn = FocusedLinearAttention(dim, heads, (side, side)).to(device)
         with torch.no_grad():  # non-trivial extras, as after training
             attn.scale.normal_(0, 0.5)
             attn.positional_encoding.normal_(0, 0.1)

@@ -3,7 +3,7 @@
 For every checkpoint found, runs ``main.py --eval`` in a subprocess (one
 process, or ``torchrun`` with ``--nproc``) with the model's config
 ``configs/<name>.yaml``, reads the run's ``eval.json`` and prints measured vs
-published Acc@1 / Acc@5. Published numbers (SPEC section 3): the official
+published Acc@1 / Acc@5. Published numbers (docs/model.md, section 3): the official
 evaluation logs of the four T/B0 models (three decimals, Acc@5 too), the
 README / paper Table 8 top-1 for the others (:data:`PUBLISHED`). Checkpoints
 of other FLatten configs (your own training runs) are compared with Table 8.
@@ -40,18 +40,12 @@ if ROOT not in sys.path:
 
 from scripts.model_table import TABLE8_TOP1  # noqa: E402
 
-# Published (Acc@1, Acc@5) of the released checkpoints; None = not published.
-PUBLISHED: Dict[str, Tuple[float, Optional[float]]] = {
-    "flatten_pvt_t": (77.758, 93.910),
-    "flatten_pvt_v2_b0": (71.098, 90.596),
-    "flatten_swin_t": (82.106, 95.900),
-    "flatten_cswin_t": (83.130, 96.376),
-    "flatten_swin_s": (83.5, None),
-    "flatten_swin_b": (83.8, None),
-    "flatten_swin_b_384": (85.0, None),
-}
+from models.released import TABLE8  # noqa: E402
+
+# Published (Acc@1, Acc@5) of the released checkpoints (models/released.py); None = not published.
+PUBLISHED: Dict[str, Tuple[float, Optional[float]]] = {r.config: (r.acc1, r.acc5) for r in TABLE8 if r.acc1}
 # Release file/config names that differ from ours.
-ALIASES = {"flatten_pvt_b": "flatten_pvt_l"}
+ALIASES = {r.release_name: r.config for r in TABLE8 if r.release_name and r.release_name != r.config}
 EXTENSIONS = (".pth", ".pt", ".pth.tar")
 TAG = "eval_released"
 

@@ -41,6 +41,8 @@ if ROOT not in sys.path:
 
 CONFIG_DIR = os.path.join(ROOT, "configs")
 
+from models.released import TABLE8 as _ROWS, table8_top1  # noqa: E402
+
 
 class PaperRow(NamedTuple):
     model: str        # name in Table 8
@@ -49,60 +51,12 @@ class PaperRow(NamedTuple):
     flops: str        # as printed (GFLOPs)
 
 
-# Paper Table 8 (appendix), keyed by config name (configs/<name>.yaml, configs/baselines/<name>.yaml).
-TABLE8: Dict[str, PaperRow] = {
-    "deit_t": PaperRow("DeiT-T", 224, "5.7", "1.2"),
-    "flatten_deit_t": PaperRow("FLatten-DeiT-T", 224, "6.1", "1.1"),
-    "pvt_t": PaperRow("PVT-T", 224, "13.2", "1.9"),
-    "flatten_pvt_t": PaperRow("FLatten-PVT-T", 224, "12.2", "2.0"),
-    "pvt_s": PaperRow("PVT-S", 224, "24.5", "3.8"),
-    "flatten_pvt_s": PaperRow("FLatten-PVT-S", 224, "21.7", "4.0"),
-    "pvt_m": PaperRow("PVT-M", 224, "44.2", "6.7"),
-    "flatten_pvt_m": PaperRow("FLatten-PVT-M", 224, "37.2", "7.0"),
-    "pvt_l": PaperRow("PVT-L", 224, "61.4", "9.8"),
-    "flatten_pvt_l": PaperRow("FLatten-PVT-L", 224, "50.6", "10.4"),
-    "pvt_v2_b0": PaperRow("PVTv2-B0", 224, "3.4", "0.6"),
-    "flatten_pvt_v2_b0": PaperRow("FLatten-PVTv2-B0", 224, "3.6", "0.6"),
-    "pvt_v2_b1": PaperRow("PVTv2-B1", 224, "13.1", "2.1"),
-    "flatten_pvt_v2_b1": PaperRow("FLatten-PVTv2-B1", 224, "12.9", "2.2"),
-    "pvt_v2_b2": PaperRow("PVTv2-B2", 224, "25.4", "4.0"),
-    "flatten_pvt_v2_b2": PaperRow("FLatten-PVTv2-B2", 224, "22.6", "4.3"),
-    "pvt_v2_b3": PaperRow("PVTv2-B3", 224, "45.2", "6.9"),
-    "flatten_pvt_v2_b3": PaperRow("FLatten-PVTv2-B3", 224, "38.3", "7.3"),
-    "pvt_v2_b4": PaperRow("PVTv2-B4", 224, "62.6", "10.1"),
-    "flatten_pvt_v2_b4": PaperRow("FLatten-PVTv2-B4", 224, "51.8", "10.7"),
-    "swin_t": PaperRow("Swin-T", 224, "29", "4.5"),
-    "flatten_swin_t": PaperRow("FLatten-Swin-T", 224, "29", "4.5"),
-    "swin_s": PaperRow("Swin-S", 224, "50", "8.7"),
-    "flatten_swin_s": PaperRow("FLatten-Swin-S", 224, "51", "8.7"),
-    "swin_b": PaperRow("Swin-B", 224, "88", "15.4"),
-    "flatten_swin_b": PaperRow("FLatten-Swin-B", 224, "89", "15.4"),
-    "swin_b_384": PaperRow("Swin-B", 384, "88", "47.0"),
-    "flatten_swin_b_384": PaperRow("FLatten-Swin-B", 384, "91", "46.5"),
-    "cswin_t": PaperRow("CSwin-T", 224, "23", "4.3"),
-    "flatten_cswin_t": PaperRow("FLatten-CSwin-T", 224, "21", "4.3"),
-    "cswin_s": PaperRow("CSwin-S", 224, "35", "6.9"),
-    "flatten_cswin_s": PaperRow("FLatten-CSwin-S", 224, "35", "6.9"),
-    "cswin_b": PaperRow("CSwin-B", 224, "78", "15.0"),
-    "flatten_cswin_b": PaperRow("FLatten-CSwin-B", 224, "75", "15.0"),
-    "cswin_b_384": PaperRow("CSwin-B", 384, "78", "47.0"),
-    "flatten_cswin_b_384": PaperRow("FLatten-CSwin-B", 384, "78", "46.4"),
-}
-
+# Paper Table 8 (appendix), keyed by config name (configs/<name>.yaml, configs/baselines/<name>.yaml);
+# the values come from the one table of the paper's models, models/released.py.
+TABLE8: Dict[str, PaperRow] = {r.config: PaperRow(r.paper_name, r.resolution, r.params, r.flops) for r in _ROWS}
 
 # Paper Table 8 top-1 (%), keyed like TABLE8 (used by scripts/plot_fig7.py and scripts/eval_released.py).
-TABLE8_TOP1: Dict[str, float] = {
-    "deit_t": 72.2, "flatten_deit_t": 74.1,
-    "pvt_t": 75.1, "flatten_pvt_t": 77.8, "pvt_s": 79.8, "flatten_pvt_s": 81.7,
-    "pvt_m": 81.2, "flatten_pvt_m": 83.0, "pvt_l": 81.7, "flatten_pvt_l": 83.4,
-    "pvt_v2_b0": 70.5, "flatten_pvt_v2_b0": 71.1, "pvt_v2_b1": 78.7, "flatten_pvt_v2_b1": 79.5,
-    "pvt_v2_b2": 82.0, "flatten_pvt_v2_b2": 82.5, "pvt_v2_b3": 83.2, "flatten_pvt_v2_b3": 83.7,
-    "pvt_v2_b4": 83.6, "flatten_pvt_v2_b4": 84.0,
-    "swin_t": 81.3, "flatten_swin_t": 82.1, "swin_s": 83.0, "flatten_swin_s": 83.5,
-    "swin_b": 83.5, "flatten_swin_b": 83.8, "swin_b_384": 84.5, "flatten_swin_b_384": 85.0,
-    "cswin_t": 82.7, "flatten_cswin_t": 83.1, "cswin_s": 83.6, "flatten_cswin_s": 83.8,
-    "cswin_b": 84.2, "flatten_cswin_b": 84.5, "cswin_b_384": 85.4, "flatten_cswin_b_384": 85.5,
-}
+TABLE8_TOP1: Dict[str, float] = table8_top1()
 
 
 class AblationRow(NamedTuple):

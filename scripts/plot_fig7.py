@@ -37,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from models.released import TABLE8 as _TABLE8  # noqa: E402
 from scripts.model_table import TABLE8_TOP1  # noqa: E402
 
 FAMILY_NAMES = {"deit": "DeiT", "pvt": "PVT", "pvt_v2": "PVTv2", "pvtv2": "PVTv2", "swin": "Swin", "cswin": "CSwin"}
@@ -51,6 +52,8 @@ TIMM_TO_CONFIG = {
     "swin_base_patch4_window7_224": "swin_b", "swin_base_patch4_window12_384": "swin_b_384",
     **{f"pvt_v2_b{i}": f"pvt_v2_b{i}" for i in range(5)},
 }
+# ... and this code base's registered names and aliases (models/released.py).
+TIMM_TO_CONFIG.update({n: r.config for r in _TABLE8 for n in (r.timm_name, r.alias) if n})
 
 
 def config_name(model: str) -> str:

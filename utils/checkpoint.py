@@ -17,17 +17,16 @@ Format (a plain dict, written with ``torch.save``)::
     version        format version
 
 Released checkpoints (Swin-style pickles whose ``config`` is a yacs ``CfgNode``
-and which may hold numpy scalars) load through the same :func:`safe_load`:
-PyTorch's restricted ``weights_only`` unpickler with a small allow-list; the
-``CfgNode`` is read as a plain mapping and rebuilt afterwards, so no class of
-the file gets to run code. Anything outside the allow-list is refused.
+and which may hold numpy scalars) load through the same :func:`safe_load`
+(defined in ``models/layers/weights.py``, re-exported here): PyTorch's restricted
+``weights_only`` unpickler with a small allow-list; the ``CfgNode`` is read as a
+plain mapping and rebuilt afterwards, so no class of the file gets to run code.
+Anything outside the allow-list is refused.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import os
-import pickle
 import random
 import re
 import tempfile
@@ -35,9 +34,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
-from yacs.config import CfgNode
 
-from models.layers.weights import checkpoint_filter_fn, is_ignored_key, unwrap_state_dict
+# The safe unpickler and CheckpointError live with the models (models/layers/weights.py), which
+# load released files through them; re-exported here unchanged.
+from models.layers.weights import (CheckpointError, checkpoint_filter_fn, is_ignored_key, safe_load,
+                                   unwrap_state_dict)
 
 __all__ = [
     "CheckpointError", "safe_load", "save_checkpoint", "publish", "auto_resume", "load_model_state",
@@ -50,100 +51,8 @@ CHECKPOINT_VERSION = 1
 _MAX_LISTED = 10  # mismatched keys named in an error message before "... and N more"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used (one line that names the file)."""
-
-
 def _one_line(text: Any) -> str:
     return " ".join(str(text).split())
-
-
-def _first_sentence(text: Any) -> str:
-    line = _one_line(text)
-    return line.split(". ")[0].rstrip(".")[:200]
-
-
-# ----------------------------------------------------------------------------- safe loading
-def _numpy_globals() -> List[Any]:
-    """numpy objects a pickled scalar / array needs, under their numpy 1.x and 2.x names."""
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray  # type: ignore
-    allowed: List[Any] = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed += [(multiarray.scalar, f"{mod}.scalar"), (multiarray._reconstruct, f"{mod}._reconstruct")]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:  # numpy >= 1.25 pickles dtypes through their classes
-        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    return allowed
-
-
-def _allowed_globals() -> List[Any]:
-    # A CfgNode is a dict subclass; the restricted unpickler only fills plain dicts, so
-    # the name is mapped to OrderedDict and the node is rebuilt after loading.
-    return [(collections.OrderedDict, "yacs.config.CfgNode")] + _numpy_globals()
-
-
-_ALLOWED_NAMES = {"yacs.config.CfgNode", "numpy.dtype", "numpy.ndarray"}
-
-
-def _refused_global(path: str, err: Exception) -> Optional[str]:
-    """The first global of ``path`` the allow-list refused, if it can be named."""
-    m = re.search(r"GLOBAL ([\w.]+)", str(err))
-    if m:
-        return m.group(1)
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint: the message above is all there is
-        return None
-    names = [n for n in names if n not in _ALLOWED_NAMES and not n.startswith("numpy")]
-    return names[0] if names else None
-
-
-def _to_cfgnode(value: Any) -> Any:
-    if isinstance(value, CfgNode) or not isinstance(value, Mapping):
-        return value
-    return CfgNode({k: _to_cfgnode(v) for k, v in value.items()})
-
-
-def safe_load(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint dict without running code from the file.
-
-    Raises:
-        CheckpointError: missing file, not a PyTorch checkpoint (text, truncated
-            zip, ...), a pickle that needs a global outside the allow-list, or a
-            file that holds something other than a dict.
-    """
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if not head:
-        raise CheckpointError(f"{path}: empty file, not a PyTorch checkpoint")
-    if head != b"PK" and head[:1] != b"\x80":
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
-    try:
-        with torch.serialization.safe_globals(_allowed_globals()):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        culprit = _refused_global(path, e)
-        if culprit:
-            raise CheckpointError(f"{path}: refuses to unpickle {culprit}: not a plain checkpoint") from None
-        detail = str(e).split("WeightsUnpickler error:")[-1]
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_sentence(detail)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, MemoryError) as e:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a damaged one "
-                              f"({_first_sentence(e) or type(e).__name__})") from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict")
-    ckpt = dict(obj)
-    if isinstance(ckpt.get("config"), Mapping):
-        ckpt["config"] = _to_cfgnode(ckpt["config"])
-    return ckpt
 
 
 # ----------------------------------------------------------------------------- atomic saving
@@ -251,7 +160,7 @@ def _listing(items: List[str]) -> str:
 
 def _mismatch(model: torch.nn.Module, sd: Mapping[str, Any]):
     target = model.state_dict()
-    missing = [k for k in target if k not in sd and not is_ignored_key(k)]
+    missing = [k for k in target if k not in sd and not is_ignored_key(k, model)]
     unexpected = [k for k in sd if k not in target]
     shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in sd.items()
               if k in target and torch.is_tensor(v) and v.shape != target[k].shape]
@@ -273,7 +182,8 @@ def load_model_state(model: torch.nn.Module, state: Mapping[str, Any], source: s
                      what: str = "model") -> None:
     """Load ``state`` (a state dict or a checkpoint holding one) into ``model``, all keys exactly.
 
-    Rebuilt buffers of the release (``attn_mask``, ``relative_position_index``) are
+    Keys on the model's ignore list (rebuilt buffers of the release such as
+    ``attn_mask``, ``relative_position_index``; PVT v1's unused final ``norm``) are
     ignored on both sides; DDP ``module.`` prefixes are removed.
 
     Raises:
@@ -282,7 +192,7 @@ def load_model_state(model: torch.nn.Module, state: Mapping[str, Any], source: s
     """
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{source}: '{what}' is a {type(state).__name__}, not a state dict")
-    sd = {k: v for k, v in unwrap_state_dict(state).items() if not is_ignored_key(k)}
+    sd = {k: v for k, v in unwrap_state_dict(state).items() if not is_ignored_key(k, model)}
     missing, unexpected, shapes = _mismatch(model, sd)
     if missing or unexpected or shapes:
         name = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)

@@ -53,6 +53,8 @@ ELEMENTWISE_OPS = (
     "aten::bernoulli_", "aten::empty_like", "aten::zero_", "aten::detach_", "aten::resolve_conj",
     "aten::resolve_neg", "aten::_unsafe_view", "aten::index_select", "aten::repeat_interleave",
     "aten::log_sigmoid", "aten::erf", "aten::cumsum",
+    # fused element-wise steps of focused attention (models/layers/attention/focused.py)
+    "aten::addcmul", "aten::addcdiv", "aten::clamp_min_", "aten::new_ones",
 )
 
 

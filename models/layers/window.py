@@ -1,16 +1,30 @@
-"""Window operations for window-based attention (Swin-style).
+"""Window operations: Swin's (shifted) windows and CSWin's stripes.
 
-All helpers work on channels-last grids (B, H, W, C) and (h, w) window sizes
-(an int means a square window). They are pure functions of shapes, so a model
-can rebuild the buffers they produce instead of loading them from a checkpoint.
+Both cut a channels-last grid (B, H, W, C) into rectangles of (wh, ww) tokens:
+Swin's square windows are (w, w), CSWin's vertical stripes (H, s) and
+horizontal stripes (s, W). A grid that is not a multiple of the window is
+padded at the bottom and right first (:func:`pad_to_window`), as Swin's and
+CSWin's detection / segmentation code do, and cropped afterwards.
+
+The helpers are pure functions of shapes written without Python branches on
+sizes, so torch.fx and torch.compile trace them at any input size; the masks
+of shifted windows, which need Python loops over regions, are one opaque call
+under torch.fx (:func:`window_mask`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple, Union
 
 import torch
+import torch.fx
+import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 WindowSize = Union[int, Tuple[int, int]]
+
+__all__ = ["MASK_VALUE", "window_partition", "window_reverse", "pad_to_window", "relative_position_index",
+           "shifted_window_mask", "window_mask"]
 
 # Additive attention bias between tokens of a shifted window that came from
 # different image regions (Swin's value; large enough to vanish after softmax).
@@ -21,14 +35,14 @@ def _pair(window_size: WindowSize) -> Tuple[int, int]:
     if isinstance(window_size, int):
         return window_size, window_size
     wh, ww = window_size
-    return int(wh), int(ww)
+    return wh, ww
 
 
 def window_partition(x: torch.Tensor, window_size: WindowSize) -> torch.Tensor:
-    """Cut a grid into non-overlapping windows.
+    """Cut a grid into non-overlapping windows (Swin windows or CSWin stripes).
 
     Args:
-        x: (B, H, W, C) grid; H and W must be multiples of the window.
+        x: (B, H, W, C) grid; H and W must be multiples of the window (see :func:`pad_to_window`).
         window_size: (wh, ww) or an int for a square window.
     Returns:
         (B * nW, wh * ww, C) tokens of every window, windows in row-major order
@@ -56,6 +70,18 @@ def window_reverse(windows: torch.Tensor, window_size: WindowSize, H: int, W: in
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)             # (B, H, W, C)
 
 
+def pad_to_window(x: torch.Tensor, window_size: WindowSize) -> torch.Tensor:
+    """Zero-pad a (B, H, W, C) grid at the bottom and right to multiples of the window.
+
+    Returns the padded (B, Hp, Wp, C) grid (the input's values when nothing is missing).
+    """
+    wh, ww = _pair(window_size)
+    H, W = x.shape[1], x.shape[2]
+    pad_h = (wh - H % wh) % wh
+    pad_w = (ww - W % ww) % ww
+    return F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+
+
 def relative_position_index(window_size: WindowSize, device=None) -> torch.Tensor:
     """Index into a ((2wh-1) * (2ww-1), heads) relative-position table.
 
@@ -79,7 +105,7 @@ def shifted_window_mask(H: int, W: int, window_size: WindowSize, shift_size: Win
     within its own region.
 
     Args:
-        H, W: grid size (multiples of the window).
+        H, W: grid size (multiples of the window; the padded size when the grid was padded).
         window_size: (wh, ww) or an int.
         shift_size: (sh, sw) or an int, the cyclic shift of the grid.
         mask_value: bias for pairs of tokens from different regions.
@@ -99,3 +125,24 @@ def shifted_window_mask(H: int, W: int, window_size: WindowSize, shift_size: Win
     region = window_partition(region, (wh, ww)).squeeze(-1)             # (nW, wh*ww)
     diff = region[:, None, :] - region[:, :, None]                      # (nW, N, N)
     return torch.zeros_like(diff).masked_fill(diff != 0, mask_value)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_mask(H: int, W: int, window: Tuple[int, int], shift: Tuple[int, int],
+                 device: torch.device) -> Optional[torch.Tensor]:
+    return shifted_window_mask(H, W, window, shift, device=device)
+
+
+@torch.fx.wrap
+@register_notrace_function
+def window_mask(H: int, W: int, window_size: WindowSize, shift_size: WindowSize,
+                device: torch.device) -> Optional[torch.Tensor]:
+    """:func:`shifted_window_mask` for a grid size known only at forward time (dynamic input sizes).
+
+    Cached per (size, window, shift, device) in eager mode (the mask is a
+    constant: callers must not modify it in place); computed directly under
+    torch.compile; one opaque call under torch.fx.
+    """
+    if torch.compiler.is_compiling():
+        return shifted_window_mask(H, W, window_size, shift_size, device=device)
+    return _cached_mask(int(H), int(W), _pair(window_size), _pair(shift_size), torch.device(device))
