@@ -90,7 +90,7 @@ FAKE_OFFICIAL = textwrap.dedent('''
     """Stand-in for the official flatten_swin.py: prints, registers a clashing timm name."""
     import torch.nn as nn
     from timm.models import register_model
-    from models.swin import FLattenSwinTransformer as _Ours
+    from models.swin import FLattenSwin as _Ours
 
     print("Linear Attention (the official code prints)")
 

@@ -3,10 +3,12 @@ import glob
 import os
 
 import pytest
+import timm
 import torch
 
 import config
 import models
+from models.released import by_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
@@ -49,6 +51,14 @@ def test_config_loads_and_builds(path):
     if rel.startswith("baselines"):
         assert set(cfg.MODEL.LA.ATTN_TYPE) == {"S"}
         assert not any(n.endswith("positional_encoding") for n, _ in model.named_parameters())
+    name = os.path.splitext(os.path.basename(rel))[0]
+    if not rel.startswith(("ablations", "demo")):
+        # The Table 8 config and the registered name of its row build the same model.
+        with torch.device("meta"):
+            registered = timm.create_model(by_config(name).timm_name)
+        assert [(n, p.shape) for n, p in model.named_parameters()] == \
+            [(n, p.shape) for n, p in registered.named_parameters()]
+        assert registered.attn_type == model.attn_type
 
 
 def _cfg(name):

@@ -1,7 +1,6 @@
 """Reproduction tools (issue 4): Table 3 attentions, ablation configs, Fig. 7 plot, attention maps and rank.
 
-The Table 3 attentions are checked against direct N x N formulas; every
-config of ``configs/ablations/`` is built and trained for one step (DeiT-T at
+Every config of ``configs/ablations/`` is built and trained for one step (DeiT-T at
 full width and resolution with 2 blocks; Swin-T at 224 with the config's
 attention layout but a narrow, shallow body, so windows and global stages are
 those of the config); the
@@ -9,19 +8,16 @@ scripts run on tiny models and their outputs are checked.
 """
 import glob
 import json
-import math
 import os
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import config as config_lib
 import models
-from models.layers.focused_linear_attention import FocusedLinearAttention, make_la_kwargs
-from models.layers.linear_attentions import OTHER_KINDS, linear_attention_weights
-from randomize import randomize
+import scripts.benchmark as benchmark
+from models.layers.attention import LINEAR_ATTENTIONS, LinearAttention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATION_DIR = os.path.join(ROOT, "configs", "ablations")
@@ -29,109 +25,19 @@ ABLATION_CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
                           for p in glob.glob(os.path.join(ABLATION_DIR, "*.yaml")))
 # Swin-T rows run at 224 with the config's windows / attention types but a narrow, shallow body;
 # DeiT-T rows at full width and resolution (197 tokens, 3 heads of 64) with 2 of the 12 blocks.
-SHRINK = {"flatten_swin": ["MODEL.EMBED_DIM", "32", "MODEL.NUM_HEADS", "[1,2,4,8]", "MODEL.DEPTHS", "[2,2,2,2]"],
-          "flatten_deit": ["MODEL.DEPTHS", "[2]"]}
+SHRINK = {"swin": ["MODEL.EMBED_DIM", "32", "MODEL.NUM_HEADS", "[1,2,4,8]", "MODEL.DEPTHS", "[2,2,2,2]"],
+          "deit": ["MODEL.DEPTHS", "[2]"]}
 # A tiny FLatten-DeiT: 6 x 6 patch grid (N = 36 > d = 16), 2 blocks.
 TINY_DEIT = ["configs/flatten_deit_t.yaml", "--opts", "DATA.IMG_SIZE", "96", "MODEL.EMBED_DIM", "48",
              "MODEL.NUM_HEADS", "[3]", "MODEL.DEPTHS", "[2]"]
 
 
-# --------------------------------------------------------------------------- direct N x N references
-def heads(x, h):
-    return x.reshape(x.shape[0], x.shape[1], h, -1).transpose(1, 2)      # (B, h, N, d)
-
-
-def merge(x):
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
-
-
-def reference(kind, attn, q, k, v, hw, prefix):
-    """Each Table 3 attention written out with its explicit N x M weight matrix."""
-    h = attn.num_heads
-    if kind == "hydra":                     # one head per channel, cosine similarity, no normalisation
-        qn, kn = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
-        a = qn[:, :, None, :] * kn[:, None, :, :]                          # (B, N, M, C): A_c[i, j]
-        return (a * v[:, None, :, :]).sum(2)
-    qh, kh, vh = heads(q, h), heads(k, h), heads(v, h)
-    if kind == "efficient":
-        a = torch.softmax(qh, -1) @ torch.softmax(kh, -2).transpose(-2, -1)
-    elif kind == "angular":
-        cos = F.normalize(qh, dim=-1) @ F.normalize(kh, dim=-1).transpose(-2, -1)
-        sim = 0.5 + cos / math.pi                                          # 1 - angle / pi, first order
-        a = sim / sim.sum(-1, keepdim=True)
-    elif kind == "enhanced":
-        s = F.relu(qh) @ F.relu(kh).transpose(-2, -1)
-        a = s / (s.sum(-1, keepdim=True) + kh.shape[2] * 1e-6)             # eps 1e-6 on the mean
-    out = merge(a @ vh)
-    if kind == "enhanced":
-        b, n, c = q.shape
-        grid = v[:, prefix:].transpose(1, 2).reshape(b, c, *hw)
-        conv = F.conv2d(grid, attn.dwc.weight, attn.dwc.bias, padding=attn.dwc.padding, groups=c)
-        out[:, prefix:] = out[:, prefix:] + conv.reshape(b, c, -1).transpose(1, 2)
-    return out
-
-
-@pytest.mark.parametrize("kind", OTHER_KINDS)
-@pytest.mark.parametrize("hw,num_heads,dim,prefix", [((4, 5), 2, 16, 0), ((3, 3), 3, 24, 1), ((6, 6), 1, 8, 0)])
-def test_kind_matches_direct_formula(kind, hw, num_heads, dim, prefix):
-    torch.manual_seed(0)
-    n = prefix + hw[0] * hw[1]
-    attn = randomize(FocusedLinearAttention(dim, num_heads, n, **make_la_kwargs(kind=kind, kernel_size=3)))
-    q, k, v = torch.randn(3, 2, n, dim).unbind(0)
-    out = attn.attend(q, k, v, hw, num_prefix_tokens=prefix)
-    assert out.shape == (2, n, dim)
-    torch.testing.assert_close(out, reference(kind, attn, q, k, v, hw, prefix), rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("kind", OTHER_KINDS)
-def test_kind_weights_and_key_reduction(kind):
-    """linear_attention_weights is the N x M matrix of attend; fewer keys than queries work."""
-    torch.manual_seed(1)
-    dim, nh = 12, 3
-    attn = FocusedLinearAttention(dim, nh, 5, kind=kind)
-    q, k, v = torch.randn(1, 20, dim), torch.randn(1, 5, dim), torch.randn(1, 5, dim)
-    out = attn.attend(q, k, v, (4, 5))                                     # N = 20 queries, M = 5 keys
-    assert out.shape == (1, 20, dim) and torch.isfinite(out).all()
-    if kind != "enhanced":                                                 # no conv term: weights @ v is all
-        w = linear_attention_weights(attn, q, k)                           # (B, h', N, M)
-        if kind == "hydra":                                                # h' = C: channel c uses v[:, :, c]
-            expect = (w * v.transpose(1, 2)[:, :, None, :]).sum(-1).transpose(1, 2)
-        else:
-            expect = merge(w @ heads(v, nh))
-        torch.testing.assert_close(out, expect, rtol=1e-4, atol=1e-5)
-
-
-def test_kinds_have_the_table3_parameters():
-    """No scale / positional encoding; only 'enhanced' has a conv, over all C channels."""
-    for kind in OTHER_KINDS:
-        attn = FocusedLinearAttention(48, 3, 49, kind=kind)
-        names = {n: p.shape for n, p in attn.named_parameters()}
-        if kind == "enhanced":
-            assert names == {"dwc.weight": (48, 1, 5, 5), "dwc.bias": (48,)}
-        else:
-            assert names == {}
-        assert attn.kind == kind
-    with pytest.raises(ValueError):
-        make_la_kwargs(kind="performer")
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("kind", OTHER_KINDS)
-def test_kinds_autocast_finite(kind, dtype):
-    torch.manual_seed(2)
-    attn = FocusedLinearAttention(32, 2, 64, kind=kind)
-    q, k, v = [(torch.randn(2, 64, 32) * 300).requires_grad_() for _ in range(3)]   # activations in the hundreds
-    with torch.autocast("cpu", dtype=dtype):
-        y = attn.attend(q.to(dtype), k.to(dtype), v.to(dtype), (8, 8))
-    assert y.dtype == dtype and torch.isfinite(y).all()
-    y.float().square().mean().backward()
-    for t in (q, k, v):
-        assert torch.isfinite(t.grad).all()
+# The Table 3 attentions against their direct N x N formulas: tests/test_attention.py.
 
 
 # --------------------------------------------------------------------------- ablation configs
 def _kinds(model):
-    return [m for m in model.modules() if isinstance(m, FocusedLinearAttention)]
+    return [m for m in model.modules() if isinstance(m, LinearAttention)]
 
 
 def _expected_layout(cfg, model):
@@ -140,18 +46,21 @@ def _expected_layout(cfg, model):
     attns = _kinds(model)
     assert attns, "no linear attention in the model"
     for m in attns:
-        assert m.kind == la.KIND
+        assert m.kind == la.KIND and type(m) is LINEAR_ATTENTIONS[la.KIND]
         if la.KIND == "focused":
             assert m.focused == la.FOCUSED and m.focusing_factor == la.FOCUSING_FACTOR
             assert (m.dwc is not None) == la.USE_DWC
             assert (m.positional_encoding is not None) == la.USE_PE
-    if cfg.MODEL.TYPE == "flatten_swin":
+    if models.family_of(cfg.MODEL.NAME) == "swin":
         for i, stage in enumerate(model.layers):
             for blk in stage.blocks:
-                assert isinstance(blk.attn, FocusedLinearAttention) == (la.ATTN_TYPE[i] == "L")
+                assert isinstance(blk.attn, LinearAttention) == (la.ATTN_TYPE[i] == "L")
                 if la.ATTN_TYPE[i] == "L":
                     res = 56 // 2 ** i
-                    assert blk.window_size == min(cfg.MODEL.WINDOW_SIZE, res)
+                    if cfg.MODEL.WINDOW_SIZE >= res:
+                        assert blk.global_attn and blk.attn.grid == (res, res)
+                    else:
+                        assert blk.window_size == cfg.MODEL.WINDOW_SIZE
 
 
 def test_every_ablation_config_is_a_table_row():
@@ -167,7 +76,7 @@ def test_every_ablation_config_is_a_table_row():
 def test_ablation_config_builds_and_trains(name):
     path = os.path.join(ABLATION_DIR, name + ".yaml")
     cfg = config_lib.load_config(path)
-    cfg = config_lib.load_config(path, SHRINK.get(cfg.MODEL.TYPE, []))
+    cfg = config_lib.load_config(path, SHRINK.get(models.family_of(cfg.MODEL.NAME), []))
     torch.manual_seed(0)
     model = models.build_model(cfg)
     _expected_layout(cfg, model)
@@ -304,8 +213,8 @@ def test_eval_released_runs_main(tmp_path, capsys):
 
 def test_plot_fig7_from_benchmark_smoke(tmp_path):
     """Issue 4: benchmark.py's smoke JSON is valid input for plot_fig7.py."""
-    bench = pytest.importorskip("scripts.benchmark")
     from scripts.plot_fig7 import main
+    bench = benchmark
     src = tmp_path / "bench.json"
     assert bench.main(["--smoke", "--impl", "ours", "--json", str(src)]) in (0, None)
     data = json.loads(src.read_text())

@@ -1,51 +1,27 @@
-"""FLatten-Swin: released parameter layout, reference logits, resizing, features, checkpointing."""
-import json
-import os
-
+"""FLatten-Swin specifics: window layout, padding to windows (Swin's detection-code rule), the
+softmax window attention, another resolution from 224 weights, options."""
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
-import timm
+from timm.models import swin_transformer as timm_swin
 
 import models  # noqa: F401  (registers the flatten_* models)
-from fill import fill_tensor, fixed_input
-from models.layers.common import InputSizeError
-from models.layers.focused_linear_attention import resize_positional_encoding
+from manifest import released_state_dict
+from models.layers import InputSizeError, ModelConfigError
+from models.layers.pos_embed import resample_token_grid
 from models.layers.weights import checkpoint_filter_fn
-from models.layers.window import relative_position_index, shifted_window_mask, window_partition, window_reverse
-from models.swin import FLattenSwinTransformer, WindowAttention
-
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-with open(os.path.join(FIXTURES, "official_manifest.json")) as f:
-    MANIFEST = json.load(f)
-
-# manifest key -> registered model name
-CONFIGS = {
-    "flatten_swin_t": "flatten_swin_tiny_patch4_224",
-    "flatten_swin_s": "flatten_swin_small_patch4_224",
-    "flatten_swin_b": "flatten_swin_base_patch4_224",
-    "flatten_swin_b_384": "flatten_swin_base_patch4_384",
-}
-
-
-def manifest_state_dict(key, fill=True):
-    """Every manifest parameter plus zero buffers of the released shapes.
-
-    fill=False gives storage-free meta tensors: enough to check names and shapes.
-    """
-    entry = MANIFEST[key]
-    if fill:
-        sd = {n: fill_tensor(n, s) for n, s in entry["param_keys"].items()}
-        sd.update({n: torch.zeros(s) for n, s in entry["buffer_keys"].items()})
-    else:
-        sd = {n: torch.empty(s, device="meta") for n, s in {**entry["param_keys"], **entry["buffer_keys"]}.items()}
-    return sd
+from models.layers.window import (pad_to_window, relative_position_index, shifted_window_mask, window_partition,
+                                  window_reverse)
+from models.swin import FLattenSwin, FLattenSwinBlock, WindowAttention
+from fill import fixed_input
+from randomize import randomize
 
 
 def small_swin(**kwargs):
     """A narrow model at 224 whose L stages use shifted 14x14 windows and S stages shifted 7x7."""
     args = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=14, drop_path_rate=0.)
-    return FLattenSwinTransformer(**dict(args, **kwargs))
+    return FLattenSwin(**dict(args, **kwargs))
 
 
 def tiny_swin(**kwargs):
@@ -53,155 +29,38 @@ def tiny_swin(**kwargs):
     return small_swin(**dict(dict(img_size=64, window_size=8), **kwargs))
 
 
-@pytest.fixture(scope="module")
-def swin_t_state_dict():
-    return manifest_state_dict("flatten_swin_t")
-
-
-@pytest.fixture(scope="module")
-def swin_t_filled(swin_t_state_dict):
-    model = timm.create_model("flatten_swin_tiny_patch4_224").eval()
-    missing = model.load_state_dict(checkpoint_filter_fn(swin_t_state_dict, model), strict=True)
-    assert not missing.missing_keys and not missing.unexpected_keys
-    return model
-
-
-# -- (1) released parameter layout --------------------------------------------------------
-@pytest.mark.parametrize("key", list(CONFIGS))
-def test_released_layout(key):
-    with torch.device("meta"):
-        model = timm.create_model(CONFIGS[key])
-    ours = {n: list(p.shape) for n, p in model.named_parameters()}
-    assert ours == MANIFEST[key]["param_keys"]
-    assert sum(p.numel() for p in model.parameters()) == MANIFEST[key]["params"]
-    # Buffers a released file carries are rebuilt here, never stored ...
-    assert not any(k in model.state_dict() for k in MANIFEST[key]["buffer_keys"])
-    # ... and dropped by the filter, so a released state dict loads strictly.
-    sd = checkpoint_filter_fn(manifest_state_dict(key, fill=False), model)
-    model.load_state_dict(sd, strict=True, assign=True)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("key", list(CONFIGS))
-def test_released_layout_loads_strict_filled(key):
-    model = timm.create_model(CONFIGS[key])
-    model.load_state_dict(checkpoint_filter_fn(manifest_state_dict(key), model), strict=True)
-    p = dict(model.named_parameters())["layers.0.blocks.0.attn.positional_encoding"]
-    assert torch.equal(p, fill_tensor("layers.0.blocks.0.attn.positional_encoding", p.shape))
-
-
-# -- (2) reference logits of the official implementation ------------------------------------
-def test_rebuilt_buffers_equal_official(swin_t_filled):
-    ref = torch.load(os.path.join(FIXTURES, "flatten_swin_t.pt"), weights_only=True)
-    for key, value in ref["buffers"].items():
-        module, leaf = key.rsplit(".", 1)
-        ours = swin_t_filled.get_submodule(module).get_buffer(leaf)
-        assert ours is not None and torch.equal(ours.to(value.dtype), value), key
-
-
-def test_reference_logits(swin_t_filled):
-    ref = torch.load(os.path.join(FIXTURES, "flatten_swin_t.pt"), weights_only=True)
-    with torch.no_grad():
-        logits = swin_t_filled(fixed_input(2, 224))
-    assert logits.shape == ref["logits"].shape
-    torch.testing.assert_close(logits, ref["logits"], atol=1e-4, rtol=0)
-
-
-# -- (3) another resolution ------------------------------------------------------------------
-def test_384_from_224_weights(swin_t_state_dict):
-    model = timm.create_model("flatten_swin_tiny_patch4_224", img_size=384, window_size=96).eval()
-    sd224 = swin_t_state_dict
-    model.load_state_dict(checkpoint_filter_fn(sd224, model), strict=True)
-    params = dict(model.named_parameters())
-    # L stages stay global (96x96 and 48x48 tokens); S stages use 12x12 windows.
-    for name, tokens in (("layers.0.blocks.0.attn.positional_encoding", 96 * 96),
-                         ("layers.1.blocks.1.attn.positional_encoding", 48 * 48)):
-        assert params[name].shape == (1, tokens, sd224[name].shape[-1])
-        torch.testing.assert_close(params[name], resize_positional_encoding(sd224[name], tokens))
-    assert params["layers.2.blocks.0.attn.relative_position_bias_table"].shape == (23 * 23, 12)
-    assert [(b.window_size, b.shift_size) for b in model.layers[2].blocks[:2]] == [(12, 0), (12, 6)]
-    with torch.no_grad():
-        out = model(fixed_input(1, 384))
-    assert out.shape == (1, 1000) and torch.isfinite(out).all()
-
-    with pytest.raises(InputSizeError) as err:
-        model(fixed_input(1, 224))
-    msg = str(err.value)
-    assert "\n" not in msg and "384x384" in msg and "224x224" in msg
-
-
-# -- (4) dense features ------------------------------------------------------------------------
-def test_features_only():
-    model = timm.create_model("flatten_swin_tiny_patch4_224", features_only=True).eval()
-    assert model.feature_info.channels() == [96, 192, 384, 768]
-    assert model.feature_info.reduction() == [4, 8, 16, 32]
-    with torch.no_grad():
-        feats = model(torch.randn(1, 3, 224, 224))
-    assert [tuple(f.shape) for f in feats] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14),
-                                              (1, 768, 7, 7)]
-
-
-def test_forward_intermediates_consistent_with_forward():
-    model = tiny_swin().eval()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        final, feats = model.forward_intermediates(x)
-        torch.testing.assert_close(final, model.forward_features(x))
-        last = model.forward_intermediates(x, indices=[3], norm=True, intermediates_only=True)[0]
-    assert [f.shape[1] for f in feats] == [16, 32, 64, 128]
-    torch.testing.assert_close(last, final.permute(0, 3, 1, 2))
-
-
-# -- (5) gradient checkpointing ----------------------------------------------------------------
-def test_grad_checkpointing_identical():
-    torch.manual_seed(0)
-    model = tiny_swin()
-    assert [b.shift_size for b in model.layers[0].blocks] == [0, 4]
-    x = torch.randn(2, 3, 64, 64)
-
-    def run():
-        model.zero_grad()
-        out = model(x)
-        out.square().sum().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    out_ref, grads_ref = run()
-    model.set_grad_checkpointing(True)
-    out_ckpt, grads_ckpt = run()
-    assert torch.equal(out_ref, out_ckpt)
-    for name, g in grads_ref.items():
-        torch.testing.assert_close(grads_ckpt[name], g, atol=0, rtol=0, msg=name)
-
-
-# -- blocks and window helpers ------------------------------------------------------------------
 def test_window_layout():
     model = small_swin()
     got = [[(b.attn_type, b.window_size, b.shift_size) for b in stage.blocks] for stage in model.layers]
     assert got == [[("L", 14, 0), ("L", 14, 7)], [("L", 14, 0), ("L", 14, 7)],
                    [("S", 7, 0), ("S", 7, 3)], [("S", 7, 0), ("S", 7, 0)]]
-    # Linear attention never gets a mask; only shifted softmax blocks build one.
+    # Only shifted softmax blocks have a mask; linear attention is never masked (as released).
     masks = [[b.attn_mask is not None for b in stage.blocks] for stage in model.layers]
     assert masks == [[False, False], [False, False], [False, True], [False, False]]
     # A window that covers the stage is global with no shift (FLatten-Swin-T stages 1-2).
     with torch.device("meta"):
         t = timm.create_model("flatten_swin_tiny_patch4_224")
-    assert [(b.window_size, b.shift_size) for b in t.layers[0].blocks] == [(56, 0), (56, 0)]
+    assert [(b.global_attn, b.shift_size) for b in t.layers[0].blocks] == [(True, 0), (True, 0)]
     assert t.layers[0].blocks[0].attn.positional_encoding.shape == (1, 56 * 56, 96)
+    assert "window_size=global" in repr(t.layers[0].blocks[0])
 
 
-def test_window_partition_roundtrip_and_mask():
+def test_window_partition_roundtrip_mask_and_padding():
     x = torch.randn(2, 14, 21, 3)
     windows = window_partition(x, 7)
     assert windows.shape == (2 * 6, 49, 3)
     torch.testing.assert_close(windows[1].view(7, 7, 3), x[0, :7, 7:14])
     assert torch.equal(window_reverse(windows, 7, 14, 21), x)
+    stripes = window_partition(x, (14, 3))                                   # CSWin vertical stripes
+    torch.testing.assert_close(stripes[2].view(14, 3, 3), x[0, :, 6:9])
     assert shifted_window_mask(14, 14, 7, 0) is None
     mask = shifted_window_mask(14, 14, 7, 3)
-    assert mask.shape == (4, 49, 49)
-    assert set(mask.unique().tolist()) == {0.0, -100.0}
+    assert mask.shape == (4, 49, 49) and set(mask.unique().tolist()) == {0.0, -100.0}
     assert (mask[0] == 0).all() and (mask[3] != 0).any()
     idx = relative_position_index(3)
     assert idx.shape == (9, 9) and idx.min() == 0 and idx.max() == 24 and (idx.diagonal() == 12).all()
+    padded = pad_to_window(torch.ones(1, 10, 12, 2), 7)
+    assert padded.shape == (1, 14, 14, 2) and padded[:, :10, :12].eq(1).all() and padded.sum() == 10 * 12 * 2
 
 
 def test_window_attention_sdpa_equals_explicit_softmax():
@@ -218,12 +77,79 @@ def test_window_attention_sdpa_equals_explicit_softmax():
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
 
 
-def test_linear_attention_ignores_mask():
-    model = small_swin().eval()
-    attn = model.layers[0].blocks[1].attn
-    x = torch.randn(16, 14 * 14, 16)
+def swin_detection_reference(blk: FLattenSwinBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block as Swin's detection code computes it at a size that is not a multiple of the window:
+    pad the normed grid bottom / right, roll, attend in windows with the mask of the padded grid,
+    reverse, crop. Built from timm's Swin parts (window ops, mask, attention) with our weights."""
+    w, s = blk.window_size, blk.shift_size
+    ref_attn = timm_swin.WindowAttention(x.shape[-1], blk.attn.num_heads, window_size=w)
+    ref_attn.load_state_dict(blk.attn.state_dict(), strict=False)
+    B, H, W, C = x.shape
+    y = blk.norm1(x)
+    pad_h, pad_w = (w - H % w) % w, (w - W % w) % w
+    y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
+    Hp, Wp = y.shape[1:3]
+    y = torch.roll(y, (-s, -s), (1, 2))
+    helper = timm_swin.SwinTransformerBlock(C, input_resolution=(Hp, Wp), num_heads=blk.attn.num_heads,
+                                            window_size=w, shift_size=s, always_partition=True)
+    mask = helper.get_attn_mask(device=x.device, dtype=x.dtype)
+    win = timm_swin.window_partition(y, (w, w)).view(-1, w * w, C)
+    win = ref_attn(win, mask=mask).view(-1, w, w, C)
+    y = timm_swin.window_reverse(win, (w, w), Hp, Wp)
+    y = torch.roll(y, (s, s), (1, 2))[:, :H, :W]
+    x = x + y
+    return x + blk.mlp(blk.norm2(x))
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_padding_to_windows_matches_swin_detection_code(shift):
+    """A softmax block on a 10x12 grid (window 7): padded to 14x14, shifted windows masked on the padded grid."""
+    torch.manual_seed(0)
+    blk = randomize(FLattenSwinBlock(16, (10, 12), 2, attn_type="S", window_size=7, shift_size=shift), std=0.2).eval()
+    assert blk.padded and (blk.attn_mask is None) == (shift == 0)
+    x = torch.randn(2, 10, 12, 16)
     with torch.no_grad():
-        torch.testing.assert_close(attn(x, mask=shifted_window_mask(56, 56, 14, 7)), attn(x))
+        torch.testing.assert_close(blk(x), swin_detection_reference(blk, x), rtol=1e-5, atol=1e-5)
+
+
+def test_any_size_with_windowed_focused_stages():
+    """Windowed L stages (Table 6's 7x7 windows) pad too: a 7-window model runs at 96x160 and at 224x224
+    equals the model built for 224."""
+    torch.manual_seed(0)
+    kw = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7, drop_path_rate=0.)
+    dyn = randomize(FLattenSwin(dynamic_img_size=True, **kw), std=0.05).eval()
+    ref = FLattenSwin(**kw).eval()
+    ref.load_state_dict(dyn.state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(dyn(x), ref(x), rtol=1e-5, atol=1e-5)
+        assert dyn(torch.randn(2, 3, 96, 160)).shape == (2, 1000)
+    # Built at a size whose grids the windows do not tile (DATA.IMG_SIZE 256 with window 56): padded, runs.
+    m = timm.create_model("flatten_swin_tiny_patch4_224", img_size=256, embed_dim=16, num_heads=(1, 2, 2, 4))
+    assert m.layers[0].blocks[1].padded and m.layers[0].blocks[1].shift_size == 28
+    assert m(torch.randn(1, 3, 256, 256)).shape == (1, 1000)
+
+
+def test_384_from_224_weights():
+    sd224 = released_state_dict("flatten_swin_t")
+    model = timm.create_model("flatten_swin_tiny_patch4_224", img_size=384, window_size=96).eval()
+    model.load_state_dict(checkpoint_filter_fn(sd224, model), strict=True)
+    params = dict(model.named_parameters())
+    # L stages stay global (96x96 and 48x48 tokens); S stages use 12x12 windows.
+    for name, tokens in (("layers.0.blocks.0.attn.positional_encoding", 96 * 96),
+                         ("layers.1.blocks.1.attn.positional_encoding", 48 * 48)):
+        assert params[name].shape == (1, tokens, sd224[name].shape[-1])
+        side = int(tokens ** 0.5)
+        torch.testing.assert_close(params[name], resample_token_grid(sd224[name], (side, side)))
+    assert params["layers.2.blocks.0.attn.relative_position_bias_table"].shape == (23 * 23, 12)
+    assert [(b.window_size, b.shift_size) for b in model.layers[2].blocks[:2]] == [(12, 0), (12, 6)]
+    with torch.no_grad():
+        out = model(fixed_input(1, 384))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+    with pytest.raises(InputSizeError) as err:
+        model(fixed_input(1, 224))
+    msg = str(err.value)
+    assert "\n" not in msg and "384x384" in msg and "224x224" in msg
 
 
 def test_surface_and_options():
@@ -238,14 +164,15 @@ def test_surface_and_options():
     assert "layers.2.blocks.0.attn.relative_position_bias_table" in nwd
     model.reset_classifier(0)
     assert model(x).shape == (1, 128) and model.get_classifier() is model.head
+    assert model.feature_info[0]["module"] == "layers.0.blocks" and model.output_fmt == "NHWC"
     with pytest.raises(TypeError):
-        FLattenSwinTransformer(not_an_option=1)
-    with pytest.raises(ValueError):
+        FLattenSwin(not_an_option=1)
+    with pytest.raises(ModelConfigError, match="attn_type"):
         tiny_swin(attn_type="LLS")
-    with pytest.raises(ValueError, match="not a multiple of the window"):
-        tiny_swin(attn_type="SLSL")
+    with pytest.raises(ModelConfigError, match="multiple of the total stride 32"):
+        FLattenSwin(img_size=100)
     with torch.device("meta"):
         cfg = timm.create_model("flatten_swin_base_patch4_384").pretrained_cfg
+        base = timm.create_model("flatten_swin_b")
     assert cfg["input_size"] == (3, 384, 384) and cfg["crop_pct"] == 1.0
-    assert {"flatten_swin_tiny_patch4_224", "flatten_swin_small_patch4_224", "flatten_swin_base_patch4_224",
-            "flatten_swin_base_patch4_384"} <= set(timm.list_models("flatten_swin_*"))
+    assert base.feature_info[-1]["num_chs"] == 1024 and [i["reduction"] for i in base.feature_info] == [4, 8, 16, 32]
