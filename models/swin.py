@@ -90,7 +90,7 @@ class WindowAttention(nn.Module):
         if window_size == self.window_size:
             return
         with torch.no_grad():
-            table = rel_pos_table_resample(self.relative_position_bias_table.detach(), (window_size, window_size))
+            table = rel_pos_table_resample(self.relative_position_bias_table.detach(), (2 * window_size - 1) ** 2)
         self.relative_position_bias_table = nn.Parameter(table.clone())
         self.relative_position_index = relative_position_index(window_size,
                                                                device=self.relative_position_index.device)

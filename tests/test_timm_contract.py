@@ -212,9 +212,43 @@ def test_fixed_size_is_declared_and_enforced(name):
         dyn(torch.randn(1, 3, dyn.size_multiple * 3 + 8, dyn.size_multiple * 3))
 
 
+@pytest.mark.parametrize("name", REPRESENTATIVES)
+def test_pretrained_overlay_loads_a_release_style_file(name, tmp_path):
+    """A file shaped like the release (model, pickled yacs config, optimizer state) loads through
+    ``pretrained_cfg_overlay=dict(file=...)``, every tensor from the file."""
+    from yacs.config import CfgNode
+    src = tiny(name)
+    torch.nn.init.normal_(src.get_classifier().weight)
+    path = tmp_path / "release.pth"
+    torch.save({"model": src.state_dict(), "config": CfgNode({"MODEL": CfgNode({"NAME": name})}),
+                "optimizer": {"state": {}, "param_groups": []}, "epoch": 299}, path)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              **tiny_kwargs(name))
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
 @pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t", "flatten_cswin_t", "flatten_deit_t"])
 def test_aliases_build_the_same_model(name):
     row = by_timm_name(name)
     a, b = tiny(name), tiny(row.timm_name)
     assert type(a) is type(b) and a.pretrained_cfg["architecture"] == row.timm_name
     assert [(n, p.shape) for n, p in a.named_parameters()] == [(n, p.shape) for n, p in b.named_parameters()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CANONICAL)
+def test_every_registered_model_full_width(name):
+    """Every registered architecture at its own width and depth: forward / backward at a small non-square
+    size (dynamic), every parameter trained, features at the built size."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, dynamic_img_size=True, num_classes=3)
+    h, w = two_sizes(model)[0]
+    out = model(torch.randn(1, 3, h, w))
+    out.mean().backward()
+    assert out.shape == (1, 3) and all(p.grad is not None for p in model.parameters())
+    model.eval()
+    size = model.pretrained_cfg["input_size"][1]
+    with torch.no_grad():
+        maps = model.forward_intermediates(torch.randn(1, 3, size, size), intermediates_only=True)
+    assert [m.shape[1] for m in maps] == [i["num_chs"] for i in model.feature_info][-len(maps):]

@@ -24,8 +24,8 @@ from torch.utils.checkpoint import checkpoint
 from .grid import Grid
 from .weights import load_checkpoint
 
-__all__ = ["ModelConfigError", "InputSizeError", "check_input_size", "parse_attn_type", "init_linear_and_norm",
-           "FLattenModel"]
+__all__ = ["ModelConfigError", "InputSizeError", "check_input_size", "parse_attn_type", "check_per_stage",
+           "check_heads", "init_linear_and_norm", "FLattenModel"]
 
 
 class ModelConfigError(ValueError):
@@ -125,8 +125,11 @@ class FLattenModel(nn.Module):
         return global_pool
 
     def init_surface(self, img_size: Grid, num_classes: int, global_pool: str, num_features: int,
-                     drop_rate: float, dynamic_img_size: bool) -> None:
-        """Set the attributes of the classifier surface and the input size (called by constructors)."""
+                     head_drop_rate: float, dynamic_img_size: bool) -> None:
+        """Set the attributes of the classifier surface and the input size (called by constructors).
+
+        ``head_drop_rate``: dropout before the head (0 where the family's original has none).
+        """
         if img_size[0] < self.size_multiple or img_size[1] < self.size_multiple:
             raise ModelConfigError(f"img_size {img_size[0]}x{img_size[1]} is smaller than the total stride "
                                    f"{self.size_multiple}", "img_size", img_size)
@@ -138,7 +141,7 @@ class FLattenModel(nn.Module):
         self.global_pool = self.checked_global_pool(global_pool)
         self.num_features = self.head_hidden_size = num_features
         self.grad_checkpointing = False
-        self.head_drop = nn.Dropout(drop_rate)
+        self.head_drop = nn.Dropout(head_drop_rate)
 
     def make_head(self, num_classes: int) -> nn.Module:
         head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

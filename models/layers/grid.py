@@ -20,7 +20,7 @@ import torch.nn.functional as F
 Grid = Tuple[int, int]
 
 __all__ = ["Grid", "conv_out_size", "conv_out_grid", "tokens_to_map", "map_to_tokens", "TokensToMap",
-           "token_conv", "to_2tuple_size"]
+           "token_conv", "conv_tokens", "to_2tuple_size"]
 
 
 def to_2tuple_size(size) -> Grid:

@@ -147,16 +147,16 @@ def resampled_parameter(param: torch.nn.Parameter, new_grid: Grid, old_grid: Gri
     return torch.nn.Parameter(data.clone(), requires_grad=param.requires_grad)
 
 
-def rel_pos_table_resample(table: torch.Tensor, new_window: Grid) -> torch.Tensor:
-    """A ((2wh-1)(2ww-1), h) relative-position bias table for another window, bicubic over the offsets."""
-    old = square_grid(table.shape[0])
-    new = (2 * new_window[0] - 1, 2 * new_window[1] - 1)
-    if old is None:
-        raise ValueError(f"cannot resample a relative position table of {table.shape[0]} rows: not square")
+def rel_pos_table_resample(table: torch.Tensor, rows: int) -> torch.Tensor:
+    """A ((2wh-1)(2ww-1), h) relative-position bias table resampled to ``rows`` entries (square offset
+    grids), bicubic over the offsets: Swin's tables for another window (checkpoint load, ``set_input_size``)."""
+    old, new = square_grid(table.shape[0]), square_grid(rows)
+    if old is None or new is None:
+        raise ValueError(f"cannot resample a relative position table of {table.shape[0]} rows to {rows}: "
+                         "not square offset grids")
     if old == new:
         return table
     h = table.shape[1]
     t = table.t().reshape(1, h, old[0], old[1]).float()
     t = F.interpolate(t, size=new, mode="bicubic", align_corners=False)
-    return t.reshape(h, new[0] * new[1]).t().to(table.dtype)
-
+    return t.reshape(h, rows).t().to(table.dtype)

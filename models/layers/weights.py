@@ -35,9 +35,8 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from .pos_embed import resample_token_grid, square_grid
+from .pos_embed import rel_pos_table_resample, resample_token_grid, square_grid
 
 __all__ = ["CheckpointError", "safe_load", "IGNORED_KEYS", "ignored_keys", "is_ignored_key", "unwrap_state_dict",
            "checkpoint_filter_fn", "load_checkpoint"]
@@ -199,16 +198,6 @@ def _target_token_grid(model: torch.nn.Module, key: str) -> Tuple[Optional[Tuple
     return None, 0
 
 
-def _resample_rel_table(table: torch.Tensor, rows: int) -> torch.Tensor:
-    old, new = square_grid(table.shape[0]), square_grid(rows)
-    if old is None or new is None:
-        raise ValueError(f"cannot resample a relative position table of {table.shape[0]} rows to {rows}")
-    h = table.shape[1]
-    t = table.t().reshape(1, h, *old).float()
-    t = F.interpolate(t, size=new, mode="bicubic", align_corners=False)
-    return t.reshape(h, rows).t().to(table.dtype)
-
-
 def filter_state_dict(state_dict: Mapping, model: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """:func:`checkpoint_filter_fn` that also returns the ignored keys."""
     sd = unwrap_state_dict(state_dict)
@@ -228,7 +217,7 @@ def filter_state_dict(state_dict: Mapping, model: torch.nn.Module) -> Tuple[Dict
                 if grid is not None:
                     v = resample_token_grid(v, grid, None, prefix)
             elif leaf == "relative_position_bias_table":
-                v = _resample_rel_table(v, target[k].shape[0])
+                v = rel_pos_table_resample(v, target[k].shape[0])
         out[k] = v
     return out, ignored
 
