@@ -29,14 +29,14 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import Attention, DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.layers import Attention, DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ._builder import build_flatten_model, pretrained_cfgs
 from .layers.attention import checked_la_kwargs, create_linear_attention
 from .layers.family import FLattenModel, ModelConfigError, init_linear_and_norm
-from .layers.grid import Grid, to_2tuple_size
+from .layers.grid import Grid, PatchEmbed, to_2tuple_size
 from .layers.pos_embed import GridCache, grid_parameter, resampled_parameter
 
 __all__ = ["FLattenDeiT", "Block"]
@@ -138,9 +138,8 @@ class FLattenDeiT(FLattenModel):
         self.num_prefix_tokens = 1
         self.attn_type = attn_type
 
-        self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim, output_fmt="NHWC",
-                                      strict_img_size=False)
-        grid = tuple(self.patch_embed.grid_size)
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm=False)
+        self.grid_size = grid = self.patch_embed.output_size(self.img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1] + 1, embed_dim))
         self._pos_cache = GridCache()
@@ -177,14 +176,13 @@ class FLattenDeiT(FLattenModel):
 
     def token_grids(self) -> Dict[str, Tuple[Grid, int]]:
         """{parameter: (grid, prefix tokens)} of the model's own token-grid parameters."""
-        return {"pos_embed": (tuple(self.patch_embed.grid_size), 1)}
+        return {"pos_embed": (self.grid_size, 1)}
 
     def set_input_size(self, img_size: Union[int, Grid]) -> None:
         """Build for another input size: ``pos_embed`` and the positional encodings are resampled."""
         img_size = to_2tuple_size(img_size)
-        old = tuple(self.patch_embed.grid_size)
-        self.patch_embed.set_input_size(img_size=img_size)
-        grid = tuple(self.patch_embed.grid_size)
+        old = self.grid_size
+        self.grid_size = grid = self.patch_embed.output_size(img_size)
         self.pos_embed = resampled_parameter(self.pos_embed, grid, old, num_prefix_tokens=1)
         self._pos_cache.clear()
         for blk in self.blocks:
@@ -199,7 +197,7 @@ class FLattenDeiT(FLattenModel):
         x = self.patch_embed(x)                                            # (B, h, w, C)
         B, h, w, C = x.shape
         x = x.reshape(B, h * w, C)
-        pos = grid_parameter(self.pos_embed, (h, w), tuple(self.patch_embed.grid_size), 1, self._pos_cache)
+        pos = grid_parameter(self.pos_embed, (h, w), self.grid_size, 1, self._pos_cache)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + pos  # (B, 1 + h*w, C)
         return self.pos_drop(x), (h, w)
 

@@ -39,10 +39,10 @@ from ._builder import build_flatten_model, pretrained_cfgs
 from .layers.attention import checked_la_kwargs, create_linear_attention
 from .layers.family import (FLattenModel, ModelConfigError, check_heads, check_per_stage, init_linear_and_norm,
                             parse_attn_type)
-from .layers.grid import Grid, TokensToMap, conv_out_grid, map_to_tokens, to_2tuple_size, tokens_to_map
+from .layers.grid import Grid, PatchEmbed, TokensToMap, map_to_tokens, to_2tuple_size, tokens_to_map
 from .layers.pos_embed import GridCache, grid_parameter, resampled_parameter
 
-__all__ = ["FLattenPVT", "PvtBlock", "SpatialReductionAttention", "PatchEmbed", "GridMlp"]
+__all__ = ["FLattenPVT", "PvtBlock", "SpatialReductionAttention", "GridMlp"]
 
 
 class SpatialReductionAttention(nn.Module):
@@ -133,28 +133,6 @@ class PvtBlock(nn.Module):
         x = x + self.drop_path(self.attn(self.norm1(x), hw))
         x = x + self.drop_path(self.mlp(self.norm2(x), hw))
         return x
-
-
-class PatchEmbed(nn.Module):
-    """Conv patch embedding + LayerNorm: (B, C_in, H, W) -> tokens (B, H' W', C), grid (H', W').
-
-    ``kernel_size == stride`` gives PVT's non-overlapping embedding; PVTv2 uses
-    overlapping ones (kernel 7 / stride 4, then 3 / 2, padding kernel // 2).
-    """
-
-    def __init__(self, in_chans: int, embed_dim: int, kernel_size: int, stride: int, padding: int = 0):
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size, stride=stride, padding=padding)
-        self.norm = nn.LayerNorm(embed_dim)
-
-    def output_size(self, hw: Grid) -> Grid:
-        return conv_out_grid(hw, self.kernel_size, self.stride, self.padding)
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Grid]:
-        x = self.proj(x)                                           # (B, C, H', W')
-        hw = (x.shape[2], x.shape[3])
-        return self.norm(map_to_tokens(x)), hw                      # (B, H' W', C)
 
 
 class FLattenPVT(FLattenModel):
@@ -307,7 +285,10 @@ class FLattenPVT(FLattenModel):
     # -- forward -----------------------------------------------------------------------------
     def _forward_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Stage i on an image / NCHW map -> NCHW map (B, C_i, H_i, W_i)."""
-        x, hw = getattr(self, f"patch_embed{i + 1}")(x)
+        x = getattr(self, f"patch_embed{i + 1}")(x)                       # (B, H_i, W_i, C_i)
+        B, H, W, C = x.shape
+        hw = (H, W)
+        x = x.reshape(B, H * W, C)
         x = self._after_embed(i, x, hw)
         x = self.run_blocks(getattr(self, f"block{i + 1}"), x, hw)
         x = self._after_blocks(i, x)

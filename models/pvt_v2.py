@@ -20,8 +20,8 @@ from timm.models import generate_default_cfgs, register_model
 
 from ._builder import pretrained_cfgs
 from .layers.family import init_linear_and_norm
-from .layers.grid import Grid, conv_tokens
-from .pvt import PVT_COMMON, PVT_DEPTHS, SOFTMAX, FLattenPVT, PatchEmbed, create_pvt
+from .layers.grid import Grid, PatchEmbed, conv_tokens
+from .pvt import PVT_COMMON, PVT_DEPTHS, SOFTMAX, FLattenPVT, create_pvt
 
 __all__ = ["FLattenPVTv2", "DWConvMlp"]
 

@@ -36,14 +36,14 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ._builder import build_flatten_model, pretrained_cfgs
 from .layers.attention import checked_la_kwargs, create_linear_attention
 from .layers.family import FLattenModel, ModelConfigError, check_per_stage, init_linear_and_norm, parse_attn_type
-from .layers.grid import Grid, to_2tuple_size
+from .layers.grid import Grid, PatchEmbed, to_2tuple_size
 from .layers.pos_embed import GridCache, grid_parameter, rel_pos_table_resample, resampled_parameter
 from .layers.window import (pad_to_window, relative_position_index, shifted_window_mask, window_mask,
                             window_partition, window_reverse)
@@ -361,10 +361,8 @@ class FLattenSwin(FLattenModel):
         self.attn_type = "".join(attn_types)
         self.num_prefix_tokens = 0
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim,
-                                      norm_layer=nn.LayerNorm if patch_norm else None, output_fmt="NHWC",
-                                      strict_img_size=False)
-        grid = self.patch_embed.grid_size
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm=patch_norm)
+        self.grid_size = grid = self.patch_embed.output_size(img_size)
         if ape:
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], embed_dim))
             trunc_normal_(self.absolute_pos_embed, std=.02)
@@ -408,8 +406,7 @@ class FLattenSwin(FLattenModel):
 
     def token_grids(self) -> Dict[str, Tuple[Grid, int]]:
         """{parameter: (grid, prefix tokens)} of the model's own token-grid parameters."""
-        return {"absolute_pos_embed": (tuple(self.patch_embed.grid_size), 0)} if self.absolute_pos_embed is not None \
-            else {}
+        return {"absolute_pos_embed": (self.grid_size, 0)} if self.absolute_pos_embed is not None else {}
 
     def set_input_size(self, img_size: Union[int, Grid]) -> None:
         """Build for another input size: grids, windows, masks and grid-sized parameters follow.
@@ -421,9 +418,8 @@ class FLattenSwin(FLattenModel):
         if img_size[0] % self.size_multiple or img_size[1] % self.size_multiple:
             raise ModelConfigError(f"img_size {img_size} is not a multiple of {self.size_multiple}", "img_size",
                                    img_size)
-        old_grid = tuple(self.patch_embed.grid_size)
-        self.patch_embed.set_input_size(img_size=img_size)
-        grid = tuple(self.patch_embed.grid_size)
+        old_grid = self.grid_size
+        self.grid_size = grid = self.patch_embed.output_size(img_size)
         if self.absolute_pos_embed is not None:
             self.absolute_pos_embed = resampled_parameter(self.absolute_pos_embed, grid, old_grid)
             self._ape_cache.clear()
@@ -439,8 +435,7 @@ class FLattenSwin(FLattenModel):
         x = self.patch_embed(x)                                           # (B, Hp, Wp, C)
         if self.absolute_pos_embed is not None:
             B, H, W, C = x.shape
-            pos = grid_parameter(self.absolute_pos_embed, (H, W), tuple(self.patch_embed.grid_size), 0,
-                                 self._ape_cache)
+            pos = grid_parameter(self.absolute_pos_embed, (H, W), self.grid_size, 0, self._ape_cache)
             x = x + pos.view(1, H, W, C)
         return self.pos_drop(x)
 

@@ -56,7 +56,7 @@ def check_input_size(x: torch.Tensor, img_size: Grid, dynamic: bool, multiple: i
     sides are multiples of ``multiple`` (the total stride). One opaque call under
     torch.fx (the check needs the concrete size).
     """
-    H, W = int(x.shape[-2]), int(x.shape[-1])
+    H, W = x.shape[-2], x.shape[-1]          # symbolic under torch.compile: no int() that would specialise
     if dynamic:
         if H % multiple or W % multiple or H < multiple or W < multiple:
             raise InputSizeError(

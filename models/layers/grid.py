@@ -20,7 +20,7 @@ import torch.nn.functional as F
 Grid = Tuple[int, int]
 
 __all__ = ["Grid", "conv_out_size", "conv_out_grid", "tokens_to_map", "map_to_tokens", "TokensToMap",
-           "token_conv", "conv_tokens", "to_2tuple_size"]
+           "PatchEmbed", "token_conv", "conv_tokens", "to_2tuple_size"]
 
 
 def to_2tuple_size(size) -> Grid:
@@ -61,6 +61,37 @@ class TokensToMap(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: Grid) -> torch.Tensor:
         return tokens_to_map(x, hw)
+
+
+class PatchEmbed(nn.Module):
+    """Strided conv patch embedding (``proj``) + optional LayerNorm (``norm``): image or map -> (B, H', W', C).
+
+    Swin (patch 4, norm), DeiT (patch 16, no norm), PVT (k = s = 4, then 2) and PVTv2
+    (overlapping 7 / 4, then 3 / 2) use it; the output grid follows the input size
+    (no size assertion: the model checks its input once, see ``FLattenModel.check_input``).
+
+    Args:
+        in_chans: input channels.
+        embed_dim: output channels.
+        kernel_size: conv kernel.
+        stride: conv stride (default: the kernel size).
+        padding: conv padding.
+        norm: LayerNorm over the channels after the conv.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, kernel_size: int, stride: Optional[int] = None,
+                 padding: int = 0, norm: bool = True):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size, stride=self.stride, padding=padding)
+        self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
+
+    def output_size(self, hw: Grid) -> Grid:
+        """The grid of an input of size ``hw``."""
+        return conv_out_grid(hw, self.kernel_size, self.stride, self.padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))                 # (B, H', W', C)
 
 
 def token_conv(x: torch.Tensor, hw: Grid, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

@@ -64,9 +64,8 @@ def resample_token_grid(tokens: torch.Tensor, new_grid: Grid, old_grid: Optional
         old_grid = square_grid(n_grid)
         if old_grid is None:
             raise ValueError(f"cannot resample {n_grid} grid tokens without their grid: not a square number")
-    new_h, new_w = int(new_grid[0]), int(new_grid[1])
-    old_h, old_w = int(old_grid[0]), int(old_grid[1])
-    if (new_h, new_w) == (old_h, old_w):
+    (new_h, new_w), (old_h, old_w) = new_grid, old_grid     # ints, or symbolic sizes under torch.compile
+    if new_h == old_h and new_w == old_w:
         return tokens
     prefix, grid = tokens[:, :num_prefix_tokens], tokens[:, num_prefix_tokens:]
     c = grid.shape[-1]
