@@ -44,8 +44,9 @@ class LinearAttention(nn.Module):
     Args:
         dim: channels C of q, k and v (all heads).
         num_heads: heads h; head dim d = C / h.
-        grid: (H, W) query token grid the module is built for (grid-sized parameters,
-            such as focused attention's positional encoding, are made for it).
+        grid: (H, W) query token grid the module is built for, or an int for a square grid
+            (grid-sized parameters, such as focused attention's positional encoding, are made
+            for it; at other grids they are resampled).
         num_prefix_tokens: tokens before the grid tokens (DeiT's class token).
         qkv: projection layout, 'qkv', 'q_kv' or None.
         qkv_bias: bias of the q / k / v projections.
