@@ -28,6 +28,8 @@ from models.released import by_timm_name
 from tiny import REPRESENTATIVES, tiny_kwargs
 
 CANONICAL = timm.list_models("flatten_*", name_matches_cfg=True)
+# torchvision notes that a training-mode trace has more nodes (timm's DropPath) than an eval one: expected.
+FX_TRAIN_EVAL_NOTE = "ignore:NOTE. The nodes obtained by tracing the model in eval mode"
 
 
 def two_sizes(model):
@@ -148,6 +150,7 @@ def test_forward_intermediates_and_pruning(name):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.filterwarnings(FX_TRAIN_EVAL_NOTE)
 @pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_features_only(name):
     """features_only (forward_intermediates) and its FX variant give the same maps at a non-square size."""
@@ -169,6 +172,7 @@ def test_features_only(name):
         torch.testing.assert_close(f, m)
 
 
+@pytest.mark.filterwarnings(FX_TRAIN_EVAL_NOTE)
 @pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_fx_feature_extraction(name):
     """torchvision's extractor (no timm settings needed) traces the model once; the graph runs at other
