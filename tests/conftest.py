@@ -1,18 +1,10 @@
+"""Shared fixtures. The repository root and tests/fixtures are on the import path (pytest.ini)."""
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-if FIXTURES not in sys.path:
-    sys.path.insert(0, FIXTURES)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long-running test, run with `-m slow`")
 
 
 # A tiny FLatten-DeiT for the attention tools: 6 x 6 patch grid (N = 36 > d = 16), 2 blocks.
