@@ -23,7 +23,7 @@ class PaperRow(NamedTuple):
 
 def table8() -> Dict[str, PaperRow]:
     """Table 8 by config name, in the paper's order (each softmax row before its FLatten row)."""
-    return {r.config: PaperRow(r.config, r.paper_name, r.img_size, r.params_m, r.gflops, r.top1)
+    return {r.config: PaperRow(r.config, r.paper_name, r.resolution, r.params, r.flops, r.top1)
             for r in released.TABLE8}
 
 
@@ -32,13 +32,20 @@ def top1(config: str) -> Optional[float]:
     return row.top1 if row else None
 
 
+def _row(config: str):
+    try:
+        return released.by_config(config)
+    except KeyError:
+        return None
+
+
 def published(config: str) -> Tuple[Optional[float], Optional[float], str]:
     """(Acc@1, Acc@5, source) a checkpoint of ``config`` is compared with.
 
     The released checkpoints: their official evaluation (Acc@5 where the logs
     give it); any other FLatten config: Table 8 top-1.
     """
-    r = released.by_config().get(config)
+    r = _row(config)
     if r is not None and r.acc1 is not None:
         return r.acc1, r.acc5, "release log" if r.acc5 is not None else "release / Table 8"
     return top1(config), None, "Table 8"
@@ -46,17 +53,18 @@ def published(config: str) -> Tuple[Optional[float], Optional[float], str]:
 
 def released_configs() -> List[str]:
     """Config names of the released checkpoints, in table order."""
-    return [r.config for r in released.TABLE8 if r.url]
+    return [r.config for r in released.released()]
 
 
 def from_official_name(name: str) -> str:
     """The config name for a name of the official release (``flatten_pvt_b`` -> ``flatten_pvt_l``)."""
-    return released.from_official_name(name)
+    return next((r.config for r in released.TABLE8 if r.release_name == name), name)
 
 
 def official_name(config: str) -> str:
     """The official release's name for a config (``flatten_pvt_l`` -> ``flatten_pvt_b``)."""
-    return released.official_name(config)
+    r = _row(config)
+    return r.release_name if r is not None and r.release_name else config
 
 
 def tolerance(printed: str) -> float:
