@@ -3,10 +3,10 @@
 For every checkpoint found, runs ``main.py --eval`` in a subprocess (one
 process, or ``torchrun`` with ``--nproc``) with the model's config
 ``configs/<name>.yaml``, reads the run's ``eval.json`` and prints measured vs
-published Acc@1 / Acc@5. Published numbers (docs/model.md, section 3): the official
-evaluation logs of the four T/B0 models (three decimals, Acc@5 too), the
-README / paper Table 8 top-1 for the others (:data:`PUBLISHED`). Checkpoints
-of other FLatten configs (your own training runs) are compared with Table 8.
+published Acc@1 / Acc@5 (:mod:`scripts.core.paper`; docs/model.md, section 3):
+the official evaluation logs of the four T/B0 models (three decimals, Acc@5
+too), the README / paper Table 8 top-1 for the others. Checkpoints of other
+FLatten configs (your own training runs) are compared with Table 8.
 
 Checkpoints are found as ``<ckpt-dir>/<name>.pth`` (also ``.pt``,
 ``.pth.tar``; ``flatten_pvt_b`` is accepted for ``flatten_pvt_l`` as in the
@@ -15,10 +15,10 @@ Names without a file are listed as skipped.
 
 Usage (from the repository root)::
 
-    .venv/bin/python scripts/eval_released.py --ckpt-dir ~/flatten_weights --data-path /data/imagenet
-    .venv/bin/python scripts/eval_released.py --ckpt flatten_swin_t=/tmp/swin.pth --data-path /data/imagenet \\
+    .venv/bin/python -m scripts.eval_released --ckpt-dir ~/flatten_weights --data-path /data/imagenet
+    .venv/bin/python -m scripts.eval_released --ckpt flatten_swin_t=/tmp/swin.pth --data-path /data/imagenet \\
         --nproc 8 --batch-size 128
-    .venv/bin/python scripts/eval_released.py --ckpt-dir weights --data-path /data/imagenet --dry-run
+    .venv/bin/python -m scripts.eval_released --ckpt-dir weights --data-path /data/imagenet --dry-run
 
 Exit status: 0 when every evaluated checkpoint is within ``--tol`` of its
 published Acc@1 (and Acc@5 where published), 1 otherwise, 2 on usage errors.
@@ -26,43 +26,29 @@ published Acc@1 (and Acc@5 where published), 1 otherwise, 2 on usage errors.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if __name__ == "__main__" and not __package__:
+    raise SystemExit("run it from the repository root as: python -m scripts.eval_released ...")
 
-from scripts.model_table import TABLE8_TOP1  # noqa: E402
+from scripts.core import cli, paper  # noqa: E402
+from scripts.core.cli import ScriptError  # noqa: E402
+from scripts.core.models import ROOT, config_files  # noqa: E402
 
-from models.released import TABLE8  # noqa: E402
-
-# Published (Acc@1, Acc@5) of the released checkpoints (models/released.py); None = not published.
-PUBLISHED: Dict[str, Tuple[float, Optional[float]]] = {r.config: (r.acc1, r.acc5) for r in TABLE8 if r.acc1}
-# Release file/config names that differ from ours.
-ALIASES = {r.release_name: r.config for r in TABLE8 if r.release_name and r.release_name != r.config}
 EXTENSIONS = (".pth", ".pt", ".pth.tar")
 TAG = "eval_released"
 
 
 def known_names() -> List[str]:
     """Config names that can be evaluated: the released ones first, then every configs/flatten_*.yaml."""
-    present = sorted(os.path.splitext(os.path.basename(p))[0]
-                     for p in glob.glob(os.path.join(ROOT, "configs", "flatten_*.yaml")))
-    return [n for n in PUBLISHED if n in present] + [n for n in present if n not in PUBLISHED]
-
-
-def expected(name: str) -> Tuple[Optional[float], Optional[float], str]:
-    """(Acc@1, Acc@5, source) the measurement is compared with."""
-    if name in PUBLISHED:
-        a1, a5 = PUBLISHED[name]
-        return a1, a5, "release log" if a5 is not None else "release / Table 8"
-    return TABLE8_TOP1.get(name), None, "Table 8"
+    present = sorted(n for n in config_files() if n.startswith("flatten_"))
+    released = paper.released_configs()
+    return [n for n in released if n in present] + [n for n in present if n not in released]
 
 
 def find_checkpoints(ckpt_dir: Optional[str], pairs: List[str], names: List[str]) -> Dict[str, str]:
@@ -70,9 +56,9 @@ def find_checkpoints(ckpt_dir: Optional[str], pairs: List[str], names: List[str]
     found: Dict[str, str] = {}
     if ckpt_dir:
         if not os.path.isdir(ckpt_dir):
-            raise SystemExit(f"error: --ckpt-dir {ckpt_dir} is not a directory")
+            raise ScriptError(f"--ckpt-dir {ckpt_dir} is not a directory")
         stems = {n: n for n in names}
-        stems.update({alias: target for alias, target in ALIASES.items() if target in names})
+        stems.update({paper.official_name(n): n for n in names})
         for stem, name in stems.items():
             for ext in EXTENSIONS:
                 path = os.path.join(ckpt_dir, stem + ext)
@@ -80,11 +66,11 @@ def find_checkpoints(ckpt_dir: Optional[str], pairs: List[str], names: List[str]
                     found[name] = path
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"error: --ckpt expects name=path, got {pair!r}")
+            raise ScriptError(f"--ckpt expects name=path, got {pair!r}")
         name, path = pair.split("=", 1)
-        name = ALIASES.get(name, name)
+        name = paper.from_official_name(name)
         if name not in names:
-            raise SystemExit(f"error: --ckpt {name}: no configs/{name}.yaml; known: {', '.join(names)}")
+            raise ScriptError(f"--ckpt {name}: no configs/{name}.yaml; known: {', '.join(names)}")
         found[name] = path
     return found
 
@@ -109,7 +95,7 @@ def eval_json_path(name: str, output: str) -> str:
 
 
 def run_one(name: str, ckpt: str, args: argparse.Namespace, extra: List[str]) -> dict:
-    a1_pub, a5_pub, source = expected(name)
+    a1_pub, a5_pub, source = paper.published(name)
     row = dict(model=name, checkpoint=ckpt, acc1=None, acc5=None, images=None, published_acc1=a1_pub,
                published_acc5=a5_pub, source=source, status="", seconds=None, log="")
     cmd = eval_command(name, ckpt, args, extra)
@@ -164,7 +150,7 @@ def print_table(rows: List[dict], skipped: List[str]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m scripts.eval_released", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Arguments not listed here are passed on to main.py.")
     parser.add_argument("--ckpt-dir", metavar="DIR", help="folder with <name>.pth files (release names)")
@@ -190,12 +176,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     names = known_names()
     if args.only:
-        unknown = [n for n in args.only if ALIASES.get(n, n) not in names]
+        unknown = [n for n in args.only if paper.from_official_name(n) not in names]
         if unknown:
             parser.error(f"--only: unknown {', '.join(unknown)}; known: {', '.join(names)}")
-        names = [n for n in names if n in {ALIASES.get(o, o) for o in args.only}]
+        names = [n for n in names if n in {paper.from_official_name(o) for o in args.only}]
     found = find_checkpoints(args.ckpt_dir, args.ckpt, names)
-    candidates = [n for n in names if n in PUBLISHED or n in found]
+    released = paper.released_configs()
+    candidates = [n for n in names if n in released or n in found]
     skipped = [n for n in candidates if n not in found]
     rows = [run_one(n, found[n], args, extra) for n in names if n in found]
     if not args.dry_run:
@@ -213,4 +200,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(cli.run(main))

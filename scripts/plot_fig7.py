@@ -1,25 +1,27 @@
 """Paper Fig. 7: accuracy-runtime curves of FLatten models and their softmax counterparts.
 
-Reads one or more JSON files written by ``scripts/benchmark.py`` (one panel
+Reads one or more JSON files written by ``python -m scripts.benchmark`` (one panel
 per file, e.g. one per machine as in the paper's CPU / 2080Ti / 3090 panels)::
 
     {"meta": {"hardware": ..., "device": ..., "batch": 64, "dtype": ..., "img_size": 224, ...},
      "results": [{"model": "flatten_swin_t", "impl": "ours", "family": "swin",
                   "attention": "flatten", "img_per_s": 812.3, "ms_per_batch": 78.8}, ...]}
 
-Accuracy is ImageNet top-1 from paper Table 8 (``scripts/model_table.TABLE8_TOP1``),
+Accuracy is ImageNet top-1 from paper Table 8 (:mod:`scripts.core.paper`),
 looked up by the config name in ``model`` (a ``top1`` field in a result
 overrides it); runtime is measured. One curve per (family, attention, impl):
 FLatten solid, softmax dotted, timm's implementation dashed. Where a FLatten
 curve reaches an accuracy that its softmax curve reaches only later, the
-largest such speed-up is marked with a bracket, as in the paper.
+largest such speed-up is marked with a bracket, as in the paper. Point
+labels (model sizes) are placed where they overlap neither each other nor a
+marker.
 
 Usage (from the repository root)::
 
-    .venv/bin/python scripts/plot_fig7.py bench_cpu.json bench_gpu.json --out fig7.png
-    .venv/bin/python scripts/plot_fig7.py bench.json --x batch --families swin pvt --out fig7.png
+    .venv/bin/python -m scripts.plot_fig7 bench_cpu.json bench_gpu.json --out fig7.png
+    .venv/bin/python -m scripts.plot_fig7 bench.json --x batch --families swin pvt --out fig7.png
 
-The paper's figure: ``benchmark.py --models 'flatten_swin_[tsb]' 'swin_[tsb]' 'flatten_pvt_[sml]'
+The paper's figure: ``python -m scripts.benchmark --models 'flatten_swin_[tsb]' 'swin_[tsb]' 'flatten_pvt_[sml]'
 'pvt_[sml]' --batch 1 --json bench.json`` on each machine, then this script with
 ``--families swin pvt``.
 """
@@ -29,16 +31,16 @@ import argparse
 import json
 import os
 import re
-import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if __name__ == "__main__" and not __package__:
+    raise SystemExit("run it from the repository root as: python -m scripts.plot_fig7 ...")
 
-from models.released import TABLE8 as _TABLE8  # noqa: E402
-from scripts.model_table import TABLE8_TOP1  # noqa: E402
+from scripts.core import cli, paper  # noqa: E402
+from scripts.core.cli import ScriptError  # noqa: E402
+from scripts.core.models import TIMM_BASELINES  # noqa: E402
+from scripts.core.plotting import place_labels, pyplot, save  # noqa: E402
 
 FAMILY_NAMES = {"deit": "DeiT", "pvt": "PVT", "pvt_v2": "PVTv2", "pvtv2": "PVTv2", "swin": "Swin", "cswin": "CSwin"}
 FAMILY_STYLE = {  # colour and marker per family (the paper: Swin blue circles, PVT orange crosses)
@@ -46,26 +48,19 @@ FAMILY_STYLE = {  # colour and marker per family (the paper: Swin blue circles, 
     "cswin": ("tab:purple", "D"), "deit": ("tab:red", "^"),
 }
 # timm model names -> config names, for results that name timm's models.
-TIMM_TO_CONFIG = {
-    "deit_tiny_patch16_224": "deit_t",
-    "swin_tiny_patch4_window7_224": "swin_t", "swin_small_patch4_window7_224": "swin_s",
-    "swin_base_patch4_window7_224": "swin_b", "swin_base_patch4_window12_384": "swin_b_384",
-    **{f"pvt_v2_b{i}": f"pvt_v2_b{i}" for i in range(5)},
-}
-# ... and this code base's registered names and aliases (models/released.py).
-TIMM_TO_CONFIG.update({n: r.config for r in _TABLE8 for n in (r.timm_name, r.alias) if n})
+TIMM_TO_CONFIG = {timm_name: config for config, timm_name in TIMM_BASELINES.items()}
 
 
 def config_name(model: str) -> str:
     """'configs/baselines/swin_t.yaml' / 'baselines/swin_t' / 'swin_t' -> 'swin_t'."""
     name = os.path.splitext(os.path.basename(model))[0]
-    return TIMM_TO_CONFIG.get(name, name)
+    return TIMM_TO_CONFIG.get(name) or paper.config_of(name)
 
 
 def accuracy(result: dict) -> Optional[float]:
     if result.get("top1") is not None:
         return float(result["top1"])
-    return TABLE8_TOP1.get(config_name(str(result.get("model", ""))))
+    return paper.top1(config_name(str(result.get("model", ""))))
 
 
 def family_key(result: dict) -> str:
@@ -169,15 +164,16 @@ def best_speedup(flatten: list, softmax: list) -> Optional[Tuple[float, float, f
     return best
 
 
-def draw_panel(ax, curves: Dict[tuple, list], title: str, xlabel: str) -> None:
+def draw_panel(ax, curves: Dict[tuple, list], title: str, xlabel: str) -> List[Tuple[float, float, str, str]]:
+    """Curves, speed-up brackets and axes of one panel; returns the point labels to place."""
+    labels = []
     for (fam, attention, impl), pts in sorted(curves.items(), key=lambda kv: (kv[0][0], kv[0][1] != "softmax", kv[0][2])):
         color, marker = FAMILY_STYLE.get(fam, ("tab:gray", "o"))
         style = "-" if attention == "flatten" else (":" if impl == "ours" else "--")
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        ax.plot(xs, ys, linestyle=style, marker=marker, color=color, markersize=8, linewidth=2,
+        ax.plot(xs, ys, linestyle=style, marker=marker, color=color, markersize=7, linewidth=2,
                 alpha=1.0 if impl == "ours" else 0.6, label=curve_label(fam, attention, impl))
-        for x, y, lab, _ in pts:
-            ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, -12), fontsize=7, color=color)
+        labels += [(x, y, lab, color) for x, y, lab, _ in pts]
     # speed-up brackets: FLatten (ours) against the softmax curve of the same family
     for fam in sorted({k[0] for k in curves}):
         flat = curves.get((fam, "flatten", "ours"))
@@ -190,19 +186,35 @@ def draw_panel(ax, curves: Dict[tuple, list], title: str, xlabel: str) -> None:
                         arrowprops=dict(arrowstyle="|-|", color="tab:olive", linewidth=2, mutation_scale=4))
             ax.text((fast + slow) / 2, y + 0.05, f"{s:.1f}x", ha="center", va="bottom", color="tab:olive",
                     fontweight="bold")
-    ax.margins(x=0.08, y=0.12)
+    ax.margins(x=0.12, y=0.15)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("Accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
+    ax.set_ylabel("ImageNet top-1 accuracy (%)")
+    ax.set_title(title)
     if curves:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(loc="lower right")
+    return labels
+
+
+def read_benchmark(path: str) -> dict:
+    """A models-mode result of ``scripts.benchmark``, or a one-line error."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ScriptError(f"cannot read {path}: {cli.one_line(e)}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise ScriptError(f"{path} is not a scripts.benchmark result (no 'results' list)")
+    mode = (data.get("meta") or {}).get("mode", "models")
+    if mode != "models":
+        raise ScriptError(f"{path} is a benchmark --{mode} result; Fig. 7 needs the models mode "
+                          "(python -m scripts.benchmark --models ... --json FILE)")
+    return data
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m scripts.plot_fig7", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="JSON", help="benchmark.py output(s); one panel each")
+    parser.add_argument("inputs", nargs="+", metavar="JSON", help="scripts.benchmark output(s); one panel each")
     parser.add_argument("--out", default="fig7.png", help="PNG to write (default fig7.png)")
     parser.add_argument("--x", choices=["image", "batch"], default="image",
                         help="runtime axis: ms per image (default) or ms per batch")
@@ -215,26 +227,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--titles", nargs="+", help="panel titles (default: hardware from each file's meta)")
     args = parser.parse_args(argv)
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = []
     for i, path in enumerate(args.inputs):
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError) as e:
-            print(f"error: cannot read {path}: {e}", file=sys.stderr)
-            return 2
-        if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-            print(f"error: {path} is not a benchmark.py result (no 'results' list)", file=sys.stderr)
-            return 2
-        mode = (data.get("meta") or {}).get("mode", "models")
-        if mode != "models":
-            print(f"error: {path} is a benchmark.py --{mode} result; Fig. 7 needs the models mode "
-                  "(benchmark.py --models ... --json FILE)", file=sys.stderr)
-            return 2
+        data = read_benchmark(path)
         curves, skipped = collect(data, args.x, args.families, args.stat, args.img_size)
         title = args.titles[i] if args.titles and i < len(args.titles) else describe(data.get("meta", {}) or {})
         panels.append((curves, title))
@@ -245,17 +240,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         for s in skipped:
             print(f"  skipped {s}")
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
     xlabel = "Runtime (ms per image)" if args.x == "image" else "Runtime (ms per batch)"
-    for ax, (curves, title) in zip(axes[0], panels):
-        draw_panel(ax, curves, title, xlabel)
+    pending = [(ax, draw_panel(ax, curves, title, xlabel)) for ax, (curves, title) in zip(axes[0], panels)]
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=150)
-    plt.close(fig)
-    print(f"wrote {args.out}")
+    for ax, labels in pending:          # after the layout: labels are placed in display coordinates
+        place_labels(ax, labels)
+    print(f"wrote {save(fig, args.out)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(cli.run(main))

@@ -17,32 +17,34 @@ attention's token grid:
 
 Weights are averaged over heads unless ``--head`` is given. The paper's
 softmax map comes from a separately trained softmax model; here every panel
-uses the q, k of one model, which isolates the effect of the mapping function.
+uses the q, k of one model, which isolates the effect of the mapping function
+(the figure says so under the panels). Each map has its own colour bar; a map
+made from random weights (no ``--resume``) is marked as such in the figure.
 For windowed attention (Swin with a window smaller than the stage) the map
 covers one window (``--window``), and ``--query`` is inside it.
 
 Usage (from the repository root)::
 
-    .venv/bin/python scripts/visualize_attention.py --cfg configs/flatten_deit_t.yaml --resume deit.pth \\
+    .venv/bin/python -m scripts.visualize_attention --cfg configs/flatten_deit_t.yaml --resume deit.pth \\
         --image cat.jpg --block 2 --query 7,7 --out attention.png
-    .venv/bin/python scripts/visualize_attention.py --cfg configs/flatten_swin_t.yaml --list
+    .venv/bin/python -m scripts.visualize_attention --cfg configs/flatten_swin_t.yaml --list
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import List, Optional, Tuple
 
-import torch
+if __name__ == "__main__" and not __package__:
+    raise SystemExit("run it from the repository root as: python -m scripts.visualize_attention ...")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import torch  # noqa: E402
 
-from scripts.attention_tools import (add_model_arguments, build_focused, capture_attend, dwc_channel,  # noqa: E402
-                                     dwc_row, global_weights, load_image, softmax_weights,
-                                     vanilla_linear_weights)
+from scripts.core import cli  # noqa: E402
+from scripts.core.attention import (add_model_arguments, build_focused, capture_attend, dwc_channel,  # noqa: E402
+                                    dwc_row, global_weights, load_image, softmax_weights,
+                                    vanilla_linear_weights)
+from scripts.core.cli import ScriptError  # noqa: E402
+from scripts.core.plotting import image_axes, pyplot, save  # noqa: E402
 
 
 def parse_query(text: Optional[str], hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -51,9 +53,9 @@ def parse_query(text: Optional[str], hw: Tuple[int, int]) -> Tuple[int, int]:
     try:
         r, c = (int(t) for t in text.split(","))
     except ValueError:
-        raise SystemExit(f"error: --query expects row,col, got {text!r}") from None
+        raise ScriptError(f"--query expects row,col, got {text!r}") from None
     if not (0 <= r < hw[0] and 0 <= c < hw[1]):
-        raise SystemExit(f"error: --query {r},{c} is outside the {hw[0]}x{hw[1]} token grid of this attention")
+        raise ScriptError(f"--query {r},{c} is outside the {hw[0]}x{hw[1]} token grid of this attention")
     return r, c
 
 
@@ -63,7 +65,7 @@ def key_grid(m: int, hw: Tuple[int, int]) -> Tuple[int, int]:
         return hw
     r = round((hw[0] * hw[1] / m) ** 0.5)
     if r < 1 or (hw[0] // r) * (hw[1] // r) != m:
-        raise SystemExit(f"error: cannot place {m} keys on a grid related to {hw}")
+        raise ScriptError(f"cannot place {m} keys on a grid related to {hw}")
     return hw[0] // r, hw[1] // r
 
 
@@ -71,7 +73,7 @@ def query_maps(module, rec: dict, query: Tuple[int, int], head: Optional[int], w
     """[(title, (Hk, Wk) map of the query's weights over the grid keys)] for every panel."""
     q, k, hw, p = rec["q"], rec["k"], rec["hw"], rec["num_prefix_tokens"]
     if not 0 <= window < q.shape[0]:
-        raise SystemExit(f"error: --window {window}: this attention ran on {q.shape[0]} windows")
+        raise ScriptError(f"--window {window}: this attention ran on {q.shape[0]} windows")
     q, k = q[window:window + 1].float(), k[window:window + 1].float()
     qi = p + query[0] * hw[1] + query[1]
     q1 = q[:, qi:qi + 1]                                                  # (1, 1, C): weights are per query
@@ -85,7 +87,7 @@ def query_maps(module, rec: dict, query: Tuple[int, int], head: Optional[int], w
     kind = getattr(module, "kind", "focused")
     with torch.no_grad():
         focused = global_weights(module, q1, k)
-        panels = [("Softmax", row(softmax_weights(module, q1, k))),
+        panels = [("Softmax (same q, k)", row(softmax_weights(module, q1, k))),
                   ("Linear", row(vanilla_linear_weights(module, q1, k))),
                   ("Focused" if kind == "focused" else f"{kind} (Table 3)", row(focused))]
         if module.dwc is not None and kg == tuple(hw):
@@ -106,52 +108,52 @@ def query_maps(module, rec: dict, query: Tuple[int, int], head: Optional[int], w
 
 
 def draw(panels: List[tuple], image: torch.Tensor, hw: Tuple[int, int], query: Tuple[int, int],
-         on_image: bool, title: str, out: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+         on_image: bool, title: str, notes: List[str], out: str) -> str:
+    """The query panel and one map per entry of ``panels``, each with a colour bar; ``notes`` go under them."""
     from matplotlib.patches import Rectangle
-
+    plt = pyplot()
     n = len(panels) + 1
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0))
+    fig, axes = plt.subplots(1, n, figsize=(2.9 * n, 3.3), squeeze=False)
+    axes = axes[0]
     size = image.shape[0]
     cell = (size / hw[0], size / hw[1]) if on_image else (1.0, 1.0)
     extent = (0, size, size, 0) if on_image else (0, hw[1], hw[0], 0)
 
     def mark(ax):
         ax.add_patch(Rectangle((query[1] * cell[1], query[0] * cell[0]), cell[1], cell[0],
-                               fill=False, edgecolor="red", linewidth=2))
+                               fill=False, edgecolor="red", linewidth=1.5))
 
     ax = axes[0]
-    if on_image:
-        ax.imshow(image.numpy(), extent=extent)
-    else:
-        ax.imshow(torch.zeros(hw).numpy(), cmap="gray", extent=extent)
+    ax.imshow(image.numpy() if on_image else torch.zeros(hw).numpy(), cmap=None if on_image else "gray",
+              extent=extent)
     mark(ax)
-    ax.set_title("Query", fontsize=9)
+    ax.set_title("query (red)")
     for ax, (name, m) in zip(axes[1:], panels):
         m = m.float()
         kh, kw = m.shape
         if on_image:
             ax.imshow(image.mean(-1).numpy(), cmap="gray", extent=extent)      # grey image under the map
-            ax.imshow(m.numpy(), cmap="jet", alpha=0.6, extent=extent, interpolation="nearest")
+            shown = ax.imshow(m.numpy(), cmap="jet", alpha=0.6, extent=extent, interpolation="nearest")
         else:
-            ax.imshow(m.numpy(), cmap="Blues", extent=(0, kw, kh, 0), interpolation="nearest")
+            shown = ax.imshow(m.numpy(), cmap="Blues", extent=(0, kw, kh, 0), interpolation="nearest")
         if (kh, kw) == tuple(hw):
             mark(ax)
-        ax.set_title(f"{name}\nmax {m.max():.3f}", fontsize=9)
+        ax.set_title(name)
+        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("attention weight", fontsize=6)
     for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        image_axes(ax, ticks=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
+    for i, note in enumerate(notes):
+        fig.text(0.01, 0.02 + 0.045 * (len(notes) - 1 - i), note, fontsize=7,
+                 color="tab:red" if note.startswith("RANDOM") else "0.3")
+    fig.tight_layout(rect=(0, 0.05 * len(notes), 1, 0.93))
+    return save(fig, out)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m scripts.visualize_attention", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--block", type=int, default=0, help="index of the focused attention module (see --list)")
@@ -169,11 +171,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{i:>3}  {name}  ({m.extra_repr()})")
         return 0
     if not 0 <= args.block < len(mods):
-        raise SystemExit(f"error: --block {args.block}: the model has {len(mods)} focused attention modules "
+        raise ScriptError(f"--block {args.block}: the model has {len(mods)} focused attention modules "
                          f"(0..{len(mods) - 1}); see --list")
     name, module = mods[args.block]
     if args.head is not None and not 0 <= args.head < module.num_heads:
-        raise SystemExit(f"error: --head {args.head}: this attention has {module.num_heads} heads")
+        raise ScriptError(f"--head {args.head}: this attention has {module.num_heads} heads")
     x, show = load_image(args.image, cfg)
     with capture_attend([module]) as records, torch.no_grad():
         model(x)
@@ -185,7 +187,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     head = "mean over heads" if args.head is None else f"head {args.head}"
     title = (f"{cfg.MODEL.NAME}  {name}  query {query[0]},{query[1]} on {hw[0]}x{hw[1]}  ({head}"
              + ("" if on_image else f", window {args.window}") + ")")
-    draw(panels, show, hw, query, on_image, title, args.out)
+    notes = ["Softmax: softmax(q k^T / sqrt(d)) of this model's own q, k (the paper's softmax map comes from "
+             "a separately trained softmax model)."]
+    if not args.resume:
+        notes.insert(0, "RANDOM WEIGHTS (no --resume): the maps show the mechanism, not what a trained model "
+                        "attends to.")
+    draw(panels, show, hw, query, on_image, title, notes, args.out)
     if args.npz:
         import numpy as np
         np.savez(args.npz, **{t.lower().replace(" ", "_").replace("+", "plus"): m.numpy() for t, m in panels})
@@ -195,4 +202,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(cli.run(main))

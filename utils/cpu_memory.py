@@ -11,7 +11,7 @@ tcmalloc would; resident memory then stays near the peak of a step (after a
 few steps in which the heap settles) instead of dropping between steps.
 
 It is applied by ``main.py`` when it runs on the CPU and by
-``scripts/benchmark.py`` (for every model it times, ours and the official one
+``python -m scripts.benchmark`` (for every model it times, ours and the official one
 alike). Set ``FLATTEN_CPU_MALLOC=default`` to leave glibc's defaults alone.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import warnings
 from math import prod
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -132,11 +132,6 @@ def flop_analysis(model: nn.Module, img_size: Union[int, Tuple[int, int]] = 224,
 def count_flops(model: nn.Module, img_size: Union[int, Tuple[int, int]] = 224, in_chans: int = 3) -> float:
     """GFLOPs (multiply-adds) of one ``img_size`` image through ``model``."""
     return flop_analysis(model, img_size, batch=1, in_chans=in_chans).total() / 1e9
-
-
-def flops_by_operator(model: nn.Module, img_size: Union[int, Tuple[int, int]] = 224) -> Dict[str, float]:
-    """GFLOPs per counted operator (``linear``, ``matmul``, ``conv``, ...)."""
-    return {k: v / 1e9 for k, v in flop_analysis(model, img_size).by_operator().items()}
 
 
 def count_params(model: nn.Module) -> float:

@@ -1,44 +1,25 @@
-"""Shared by scripts/visualize_attention.py and scripts/attention_rank.py.
+"""Probes into a model's focused attention, for the attention-map and rank tools.
 
-Builds a model from a config (optionally with a checkpoint), prepares an input
-image with the evaluation transform, and records what every focused attention
-module receives -- q, k, v after the family's projections, the token grid and
-the number of prefix tokens -- by wrapping each module's ``attend`` on the
-instance for the duration of one forward pass. No model code is changed.
+Records what every focused attention module receives -- q, k, v after the
+family's projections, the token grid and the number of prefix tokens -- by
+wrapping each module's ``attend`` on the instance for the duration of one
+forward pass (no model code is changed), and turns q, k into the explicit
+N x M weights of softmax, vanilla linear and focused attention, and a
+depthwise conv into its N x N matrix.
 """
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from models.layers.attention import FocusedLinearAttention, LinearAttention
 
-from models.layers.attention import FocusedLinearAttention, LinearAttention  # noqa: E402
-
-
-def build(cfg_file: str, opts: Optional[Sequence[str]] = None, resume: Optional[str] = None, seed: int = 0):
-    """(config, model in eval mode) from a YAML config, ``--opts`` overrides and optional weights.
-
-    Without ``resume`` the weights are the model's random initialisation, drawn with ``seed``.
-    """
-    import config as config_lib
-    import models
-    from utils.checkpoint import load_model_state, safe_load
-
-    cfg = config_lib.load_config(cfg_file, list(opts or []))
-    torch.manual_seed(seed)
-    model = models.build_model(cfg)
-    if resume:
-        load_model_state(model, safe_load(resume), resume)
-    return cfg, model.eval()
+from .cli import ScriptError
+from .models import build_with_weights
 
 
 def add_model_arguments(parser) -> None:
@@ -52,10 +33,10 @@ def add_model_arguments(parser) -> None:
 def build_focused(args) -> Tuple[Any, nn.Module, List[Tuple[str, LinearAttention]]]:
     """(config, model, its focused attention modules) from the :func:`add_model_arguments` values;
     a one-line error when the model has no focused attention."""
-    cfg, model = build(args.cfg, args.opts, args.resume)
+    cfg, model = build_with_weights(args.cfg, args.opts, args.resume)
     mods = focused_modules(model)
     if not mods:
-        raise SystemExit(f"error: {args.cfg} has no focused linear attention (ATTN_TYPE {cfg.MODEL.LA.ATTN_TYPE})")
+        raise ScriptError(f"{args.cfg} has no focused linear attention (ATTN_TYPE {cfg.MODEL.LA.ATTN_TYPE})")
     return cfg, model, mods
 
 
