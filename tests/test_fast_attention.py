@@ -291,10 +291,13 @@ def test_cuda_auto_path_matches_float64_reference(dtype):
     cuda_attn = attn.float().cuda()
     ins = [t.cuda().requires_grad_() for t in (q, k, v)]
     import unittest.mock
+    triton_fla.forget_verdicts()
     with attention_impl("auto"), unittest.mock.patch.object(triton_fla, "focused_feature_map_triton", spy), \
             torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = cuda_attn.attend(*(t.to(dtype) for t in ins), (14, 14))
-    assert calls == [1, 1] and out.dtype == dtype                       # queries and keys through Triton
+    ok, why = triton_fla.verdicts()[(str(ins[0].device), dtype)]
+    assert ok, why                                                      # the fail-safe check passed ...
+    assert calls == [1, 1, 1] and out.dtype == dtype                    # ... (one call), then q and k
     tol = 1e-4 if dtype == torch.float32 else 8 * 2 ** -9
     assert rel_err(out.cpu(), ref) < tol
     out.float().square().sum().backward()

@@ -291,6 +291,24 @@ def attend_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: t
     return x.to(out_dtype)
 
 
+def _matmul_dtype(q: torch.Tensor, v: torch.Tensor) -> torch.dtype:
+    """The fused path's matmul dtype: bf16 when autocast asks for it (its range is that of fp32);
+    fp16 stays in fp32 because the k^T v sums can exceed 65504."""
+    return torch.bfloat16 if v.dtype == torch.bfloat16 else torch.promote_types(q.dtype, torch.float32)
+
+
+def torch_feature_map(x: torch.Tensor, temperature: torch.Tensor, bias: Optional[torch.Tensor], p: float,
+                      focused: bool, num_heads: int, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """The fused path's PyTorch feature map in the Triton kernel's form: (B, h, N, d) in ``out_dtype``.
+
+    What :func:`triton_fla.self_check` compares the kernel with (``eps`` is this module's EPS).
+    """
+    B, N, C = x.shape
+    u, s = focused_features(x, temperature, bias, p, focused)
+    phi = u if s is None else u * s
+    return phi.to(out_dtype).view(B, N, num_heads, C // num_heads).transpose(1, 2)
+
+
 def attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
                  pe: Optional[torch.Tensor], dwc_weight: Optional[torch.Tensor], dwc_bias: Optional[torch.Tensor],
                  hw: Grid, num_heads: int, p: float, focused: bool, num_prefix_tokens: int = 0,
@@ -315,9 +333,7 @@ def attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch
     d = C // h
     out_dtype = v.dtype
     feat_dtype = torch.promote_types(q.dtype, torch.float32)
-    # Matmuls in bf16 when autocast asks for it (its range is that of fp32);
-    # fp16 stays in fp32 because the k^T v sums can exceed 65504.
-    mm_dtype = torch.bfloat16 if out_dtype == torch.bfloat16 else feat_dtype
+    mm_dtype = _matmul_dtype(q, v)
     temperature = F.softplus(scale.to(feat_dtype))                      # (1, 1, C)
     if use_triton:
         qh = triton_fla.focused_feature_map_triton(q, temperature, None, p, focused, h, EPS, mm_dtype)
@@ -362,8 +378,9 @@ def focused_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         return attend_reference(q, k, v, scale, pe, dwc_weight, dwc_bias, hw, num_heads, p, focused,
                                 num_prefix_tokens)
     use_triton = _impl == "triton" or (
-        _impl == "auto" and triton_fla.HAS_TRITON and q.is_cuda
-        and torch.promote_types(q.dtype, torch.float32) == torch.float32 and not torch.compiler.is_compiling())
+        _impl == "auto" and triton_fla.HAS_TRITON and q.device.type in triton_fla.AUTO_DEVICE_TYPES
+        and torch.promote_types(q.dtype, torch.float32) == torch.float32 and not torch.compiler.is_compiling()
+        and triton_fla.usable(q, _matmul_dtype(q, v), num_heads, p, focused, torch_feature_map))
     return attend_fused(q, k, v, scale, pe, dwc_weight, dwc_bias, hw, num_heads, p, focused, num_prefix_tokens,
                         use_triton=use_triton)
 

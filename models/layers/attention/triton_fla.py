@@ -25,10 +25,20 @@ where w = y / m, m = max(y), u = w^p, g = dL/dphi and S = sum(g * phi).
 Importing this module never fails: ``HAS_TRITON`` says whether triton is there.
 The kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1``, used by the tests).
+
+Fail-safe. Before the kernel's first use in the ``auto`` mode on a device and
+input dtype, :func:`usable` runs it once on small random tensors, forward and
+backward, against the fused PyTorch path. On a mismatch, or on any error
+(a compiler or driver that cannot build the kernel), it logs one warning that
+says why and keeps that device and dtype on the PyTorch path for the rest of
+the process. ``FLATTEN_ATTENTION_IMPL=triton`` still forces the kernel and
+``torch`` keeps it off; neither runs the check.
 """
 from __future__ import annotations
 
-from typing import Optional
+import logging
+import time
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -41,7 +51,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     tl = None
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "focused_feature_map_triton"]
+__all__ = ["HAS_TRITON", "focused_feature_map_triton", "usable", "self_check", "verdicts", "AUTO_DEVICE_TYPES"]
+
+_logger = logging.getLogger(__name__)
 
 # Integer focusing powers up to this value use repeated multiplication (exact
 # like torch.pow); others use exp2(p * log2(w)).
@@ -231,3 +243,110 @@ def focused_feature_map_triton(x: torch.Tensor, temperature: torch.Tensor, bias:
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed; use the PyTorch path")
     return _FocusedFeatureMap.apply(x, temperature, bias, p, focused, num_heads, eps, out_dtype)
+
+
+# -- fail-safe ---------------------------------------------------------------------------------------
+# Device types on which the 'auto' mode considers the kernel (the tests add 'cpu' under TRITON_INTERPRET=1).
+AUTO_DEVICE_TYPES = ("cuda",)
+# (device, input dtype) -> (kernel usable, what the check found)
+_VERDICTS: Dict[Tuple[str, torch.dtype], Tuple[bool, str]] = {}
+# Shape of the check: 2 x 37 tokens (not a multiple of the row block), with a positional encoding.
+_CHECK_BATCH, _CHECK_TOKENS = 2, 37
+
+FeatureMap = Callable[..., torch.Tensor]
+
+
+def check_tolerance(out_dtype: torch.dtype) -> float:
+    """Largest accepted ``max |kernel - PyTorch| / max |PyTorch|``, forward and backward.
+
+    Both paths round their output to ``out_dtype`` at the same point, so they may
+    differ by a few units of its roundoff; float32 by accumulation order only.
+    """
+    if out_dtype == torch.float32:
+        return 1e-4
+    return 8 * torch.finfo(out_dtype).eps
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def self_check(device: torch.device, in_dtype: torch.dtype, out_dtype: torch.dtype, channels: int,
+               num_heads: int, p: float, focused: bool, reference: FeatureMap) -> Tuple[bool, str]:
+    """Run the kernel once on random tensors and compare it with ``reference`` (the PyTorch feature map).
+
+    Args:
+        device, in_dtype: where and in which dtype the inputs come.
+        out_dtype: the features' dtype (the matmul dtype).
+        channels, num_heads, p, focused: the attention's own settings, so the kernel
+            variant compiled here is the one the model then uses.
+        reference: ``reference(x, temperature, bias, p, focused, num_heads, eps, out_dtype)``
+            with the signature and output of :func:`focused_feature_map_triton`.
+    Returns:
+        (ok, one line on what was compared or what failed).
+    """
+    from .focused import EPS
+    g = torch.Generator(device="cpu").manual_seed(0)
+    B, N, C = _CHECK_BATCH, _CHECK_TOKENS, channels
+
+    def rand(*shape, std=1.0):
+        return (torch.randn(*shape, generator=g) * std).to(device)
+
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            x0 = rand(B, N, C, std=2.0).to(in_dtype)
+            t0 = torch.nn.functional.softplus(rand(1, 1, C, std=0.5))
+            b0 = rand(1, N, C, std=0.5)
+            grad = rand(B, num_heads, N, C // num_heads)
+            outs, grads = [], []
+            for fn in (focused_feature_map_triton, reference):
+                x, t, b = (z.detach().clone().requires_grad_() for z in (x0, t0, b0))
+                out = fn(x, t, b, p, focused, num_heads, EPS, out_dtype)
+                (out.float() * grad).sum().backward()
+                outs.append(out)
+                grads.append((x.grad, t.grad, b.grad))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    except Exception as e:  # the kernel could not be built or run here
+        return False, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    tol = check_tolerance(out_dtype)
+    errors = {"forward": _rel(outs[0], outs[1])}
+    errors.update({f"d{name}": _rel(a, b) for name, a, b in zip(("x", "temperature", "pe"), grads[0], grads[1])})
+    summary = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
+    failing = [k for k, v in errors.items() if not v <= tol]     # in order: forward first, then the gradients
+    if failing:
+        first = failing[0]
+        return False, f"{first} differs from the PyTorch path by {errors[first]:.1e} (> {tol:.0e}; {summary})"
+    return True, f"max relative errors {summary} (tolerance {tol:.0e})"
+
+
+def usable(x: torch.Tensor, out_dtype: torch.dtype, num_heads: int, p: float, focused: bool,
+           reference: FeatureMap) -> bool:
+    """Whether the ``auto`` mode may run the kernel on ``x``'s device and dtype (checked once, see above)."""
+    key = (str(x.device), x.dtype)
+    verdict = _VERDICTS.get(key)
+    if verdict is None:
+        start = time.perf_counter()
+        verdict = self_check(x.device, x.dtype, out_dtype, x.shape[-1], num_heads, p, focused, reference)
+        _VERDICTS[key] = verdict
+        ok, why = verdict
+        where = f"{x.device} for {str(x.dtype).replace('torch.', '')} input"
+        if ok:
+            _logger.info("Triton feature map checked on %s in %.2f s: %s", where, time.perf_counter() - start, why)
+        else:
+            _logger.warning("Triton feature map disabled on %s: %s; focused attention uses the PyTorch path "
+                            "(FLATTEN_ATTENTION_IMPL=triton forces the kernel)", where, why)
+    return verdict[0]
+
+
+def verdicts() -> Dict[Tuple[str, torch.dtype], Tuple[bool, str]]:
+    """What the checks of this process found, by (device, input dtype)."""
+    return dict(_VERDICTS)
+
+
+def forget_verdicts() -> None:
+    """Check again at the next use (tests)."""
+    _VERDICTS.clear()
