@@ -123,6 +123,82 @@ def check_env(ctx: Context) -> None:
     ctx.add(Check("env", "environment", OK, value=value, numbers=meta))
 
 
+# ----------------------------------------------------------------------------- triton
+# (input dtype, feature dtype) pairs the fused path uses: fp32; bf16 autocast (bf16 matmuls); fp16 autocast
+# (features and matmuls stay in fp32, whose range the k^T v sums need).
+TRITON_CASES = ((torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32))
+
+
+def check_triton(ctx: Context) -> None:
+    from models.layers.attention import triton_fla
+    from models.layers.attention.focused import torch_feature_map
+    if not triton_fla.HAS_TRITON:
+        ctx.add(Check("triton", "kernel", SKIPPED, detail="triton is not installed"))
+        return
+    if ctx.skip_without_cuda("triton", "kernel vs PyTorch path, fwd/bwd", "needs CUDA (the test suite checks the "
+                             "kernel on the CPU under TRITON_INTERPRET=1)"):
+        return
+    # FLatten-Swin-T stage 1 (96 channels, 3 heads) and stage 2 (192, 6); p = 3 and a non-integer power
+    for channels, heads, p in ((96, 3, 3.0), (192, 6, 3.0), (96, 3, 2.5)):
+        for in_dtype, out_dtype in TRITON_CASES:
+            t0 = time.perf_counter()
+            ok, why = triton_fla.self_check(ctx.device, in_dtype, out_dtype, channels, heads, p, True,
+                                            torch_feature_map)
+            name = (f"C={channels} h={heads} p={p:g}: {str(in_dtype)[6:]} in, {str(out_dtype)[6:]} features")
+            ctx.add(Check("triton", name, OK if ok else FAIL, value=why, detail=f"{time.perf_counter() - t0:.2f} s"))
+    # what the auto mode decides at first use, in a real model forward
+    import timm
+
+    import models  # noqa: F401
+    from models.layers.attention import attention_impl
+    triton_fla.forget_verdicts()
+    model = timm.create_model("flatten_swin_tiny_patch4_224").to(ctx.device).eval()
+    x = torch.randn(2, 3, 224, 224, device=ctx.device)
+    for dtype in (torch.float32, torch.bfloat16):
+        with attention_impl("auto"), torch.no_grad(), torch.autocast("cuda", dtype=dtype,
+                                                                      enabled=dtype != torch.float32):
+            model(x)
+    for (device, dtype), (ok, why) in triton_fla.verdicts().items():
+        ctx.add(Check("triton", f"auto mode's first-use check on {device}, {str(dtype)[6:]} input",
+                      OK if ok else FAIL, value="kernel used" if ok else "PyTorch path", detail=why))
+
+
+# ----------------------------------------------------------------------------- compile
+def check_compile(ctx: Context) -> None:
+    """torch.compile(fullgraph=True) against eager at the built size and, with dynamic_img_size, a second size."""
+    import timm
+
+    import models  # noqa: F401
+    import torch._dynamo
+    if ctx.dry_run:   # a narrow, shallow model and dynamo alone: inductor on a CPU takes minutes
+        name, size, other, backend, amp = "flatten_swin_tiny_patch4_224", 64, (64, 128), "eager", None
+        kwargs = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=16)
+        tol = 1e-5
+    else:
+        name, size, other, backend, amp = "flatten_swin_tiny_patch4_224", 224, (256, 320), "inductor", torch.bfloat16
+        kwargs = {}
+        tol = 3e-2                       # bf16 autocast; inductor may fuse in another order
+    torch.manual_seed(0)
+    model = timm.create_model(name, img_size=size, dynamic_img_size=True, **kwargs).to(ctx.device).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    for shape in ((size, size), other):
+        x = torch.randn(4 if ctx.cuda else 1, 3, *shape, device=ctx.device)
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad(), torch.autocast(ctx.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                got = compiled(x).float()
+                want = model(x).float()
+        except Exception as e:
+            ctx.add(Check("compile", f"{name} at {shape[0]}x{shape[1]} ({backend})", FAIL,
+                          detail=f"{type(e).__name__}: {cli.one_line(e)[:300]}"))
+            continue
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        ctx.add(Check("compile", f"{name} at {shape[0]}x{shape[1]} ({backend}, fullgraph)", OK if err <= tol else FAIL,
+                      value=f"max rel. difference from eager {err:.1e}",
+                      detail=f"tolerance {tol:g}; first call {time.perf_counter() - t0:.1f} s"))
+
+
 # ----------------------------------------------------------------------------- speed sections
 def benchmark_run(argv: List[str]):
     """Run one ``scripts.benchmark`` mode in this process; returns (command, meta, results, prepared)."""
@@ -340,8 +416,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 1 if failed else 0
 
 
-SECTION_FUNCS.update(env=check_env, inference=check_inference, training=check_training, op=check_op,
-                     scaling=check_scaling)
+SECTION_FUNCS.update(env=check_env, triton=check_triton, compile=check_compile, inference=check_inference,
+                     training=check_training, op=check_op, scaling=check_scaling)
 
 
 if __name__ == "__main__":
