@@ -8,9 +8,10 @@ Loader workers (``DATA.NUM_WORKERS > 0``) are started with
 from a small single-threaded server process, never from the training process,
 whose threads (process-group, TensorBoard, pin-memory and queue-feeder threads
 of the other loader) can hold locks at the moment of a ``fork`` and leave the
-child deadlocked. Workers persist across epochs (created once per loader),
-ignore SIGTERM/SIGINT (:mod:`utils.preemption`) and are seeded from
-``(SEED, rank, worker id)``.
+child deadlocked. The server is started while checking the inputs, so its
+one-time import of the data code overlaps with building the model. Workers
+persist across epochs (created once per loader), ignore SIGTERM/SIGINT
+(:mod:`utils.preemption`) and are seeded from ``(SEED, rank, worker id)``.
 """
 from __future__ import annotations
 
@@ -121,7 +122,10 @@ def _worker_context(method: str):
         # now lets that import overlap with building the model and loading checkpoints.
         ctx.set_forkserver_preload(["data"])
         from multiprocessing import forkserver
-        forkserver.ensure_running()
+
+        from utils.preemption import children_ignore_stop_signals
+        with children_ignore_stop_signals():   # the server and every worker it forks ignore SIGTERM/SIGINT
+            forkserver.ensure_running()
     return ctx
 
 

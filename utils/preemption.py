@@ -7,11 +7,13 @@ Where a stop signal can arrive, and what happens:
   agree on the same step (:func:`agree`, one small all-reduce per step), the
   state after that step is saved once, and every rank exits with
   ``128 + signal number`` (143 for SIGTERM, 130 for SIGINT).
-* **Its DataLoader workers**: they ignore SIGTERM and SIGINT
-  (:func:`ignore_stop_signals`, called first thing in every worker), so a
-  signal sent to the whole process group (SLURM, ``timeout -s TERM``, Ctrl-C in
-  a terminal) no longer kills them under the rank's feet; they end when the
-  rank ends.
+* **Its DataLoader workers**: they ignore SIGTERM and SIGINT, so a signal sent
+  to the whole process group (SLURM, ``timeout -s TERM``, Ctrl-C in a terminal)
+  no longer kills them under the rank's feet; they end when the rank ends.
+  With the default ``forkserver`` start method they ignore them from birth:
+  the fork server is started under :func:`children_ignore_stop_signals` and
+  every worker inherits its dispositions (the server survives the signal too).
+  With ``spawn`` / ``fork`` the worker's first act is :func:`ignore_stop_signals`.
 * **The launcher** (``python main.py --nproc-per-node N``, :mod:`utils.launch`):
   forwards the signal to every rank and waits for them to save and exit.
   A plain ``torchrun`` forwards it too, but gives the ranks only
@@ -23,10 +25,13 @@ process group's copy and the launcher's forwarded copy) is one request.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 from typing import Optional, Tuple
 
-__all__ = ["STOP_SIGNALS", "StopRequest", "ignore_stop_signals", "agree", "exit_code"]
+__all__ = ["STOP_SIGNALS", "StopRequest", "ignore_stop_signals", "children_ignore_stop_signals", "agree",
+           "exit_code"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -40,6 +45,29 @@ def ignore_stop_signals() -> None:
     """Make this process (a loader worker) ignore SIGTERM and SIGINT."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def children_ignore_stop_signals():
+    """Processes started (fork + exec) inside this block ignore SIGTERM and SIGINT from their first instruction.
+
+    An ignored disposition survives ``exec``. For the few milliseconds of the
+    block this process ignores them too, with both signals blocked in the main
+    thread first, so one that arrives meanwhile stays pending and reaches the
+    restored handler afterwards (Linux never discards a blocked signal).
+    Outside the main thread it does nothing (dispositions can only change there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 class StopRequest:
