@@ -165,25 +165,18 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-_UMASK: Optional[int] = None
-
-
 def _umask() -> int:
     """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
-    global _UMASK
-    if _UMASK is None:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("Umask:"):
-                        _UMASK = int(line.split()[1], 8)
-                        break
-        except (OSError, ValueError):
-            pass
-        if _UMASK is None:  # no procfs: the classic set-and-restore (a short window for other threads)
-            _UMASK = os.umask(0o022)
-            os.umask(_UMASK)
-    return _UMASK
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)   # no procfs: the classic set-and-restore (a short window for other threads)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True, sync: bool = True) -> str:
