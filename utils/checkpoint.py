@@ -41,7 +41,6 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from models.layers.weights import checkpoint_filter_fn, is_ignored_key, unwrap_state_dict
 
 __all__ = [
     "CheckpointError", "safe_load", "atomic_write", "save_checkpoint", "publish", "auto_resume",
@@ -316,6 +315,12 @@ def auto_resume(output_dir: str) -> Tuple[Optional[str], Optional[Dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- state dicts
+def _weights():
+    """The model package's weight-loading helpers (imported on use: saving and safe loading need no models)."""
+    from models.layers import weights
+    return weights
+
+
 def _listing(items: List[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     more = len(items) - _MAX_LISTED
@@ -324,7 +329,7 @@ def _listing(items: List[str]) -> str:
 
 def _mismatch(model: torch.nn.Module, sd: Mapping[str, Any]):
     target = model.state_dict()
-    missing = [k for k in target if k not in sd and not is_ignored_key(k)]
+    missing = [k for k in target if k not in sd and not _weights().is_ignored_key(k)]
     unexpected = [k for k in sd if k not in target]
     shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in sd.items()
               if k in target and torch.is_tensor(v) and v.shape != target[k].shape]
@@ -355,7 +360,8 @@ def load_model_state(model: torch.nn.Module, state: Mapping[str, Any], source: s
     """
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{source}: '{what}' is a {type(state).__name__}, not a state dict")
-    sd = {k: v for k, v in unwrap_state_dict(state).items() if not is_ignored_key(k)}
+    w = _weights()
+    sd = {k: v for k, v in w.unwrap_state_dict(state).items() if not w.is_ignored_key(k)}
     missing, unexpected, shapes = _mismatch(model, sd)
     if missing or unexpected or shapes:
         name = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
@@ -384,7 +390,7 @@ def load_pretrained(model: torch.nn.Module, path: str, logger: Optional[logging.
     log = logger or _logger
     ckpt = safe_load(path)
     try:
-        sd = checkpoint_filter_fn(ckpt, model)
+        sd = _weights().checkpoint_filter_fn(ckpt, model)
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot adapt to this model ({_one_line(e)})") from None
     target = model.state_dict()
