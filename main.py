@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from config import ConfigError, derived_values, finalize, get_config
-from data import build_loader
+from data import build_loader, shutdown_workers
 from data.datasets import DataError
 from engine import TrainingError, evaluate, fit, throughput
 from models import ModelConfigError
@@ -371,6 +371,7 @@ def main(argv=None) -> int:
             return EXIT_FAILED
         raise
     finally:
+        shutdown_workers()
         cleanup()
 
 

@@ -12,13 +12,22 @@ child deadlocked. The server is started while checking the inputs, so its
 one-time import of the data code overlaps with building the model. Workers
 persist across epochs (created once per loader), ignore SIGTERM/SIGINT
 (:mod:`utils.preemption`) and are seeded from ``(SEED, rank, worker id)``.
+
+Because the workers ignore SIGTERM, Python's own exit handler, which
+terminates daemon processes with SIGTERM and then waits for them, would wait
+forever for a loader still alive at exit. :func:`shutdown_workers` ends every
+loader's workers the regular way (and kills any that do not end); ``main.py``
+calls it when a command ends and it is also registered to run at exit, before
+that handler.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
 import random
+import weakref
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -32,7 +41,7 @@ from .datasets import (DataError, ExactDistributedSampler, ImageFolderDataset, S
 from .transforms import build_eval_transform, build_train_transform
 
 __all__ = [
-    "build_loader", "build_mixup", "DataBundle", "WorkerInit", "DataError", "DEMO_DATA_PATH",
+    "build_loader", "build_mixup", "shutdown_workers", "DataBundle", "WorkerInit", "DataError", "DEMO_DATA_PATH",
     "WORKER_START_METHODS", "build_dataset", "build_eval_transform", "build_train_transform",
     "check_image_folder", "write_demo_dataset", "ExactDistributedSampler", "SeededTrainSampler",
     "ImageFolderDataset",
@@ -42,6 +51,42 @@ _logger = logging.getLogger(__name__)
 
 DEMO_DATA_PATH = "demo_data"    # where DATA.DATASET 'demo' writes the digits when DATA.DATA_PATH is empty
 WORKER_START_METHODS = ("forkserver", "spawn", "fork")
+_LOADERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+_AT_EXIT = []
+
+
+def _track(loader: DataLoader) -> DataLoader:
+    """Remember a loader with workers, for :func:`shutdown_workers` (registered at exit on first use)."""
+    if loader.num_workers > 0:
+        _LOADERS.add(loader)
+        if not _AT_EXIT:   # after multiprocessing's own exit handler, so it runs before it
+            atexit.register(shutdown_workers)
+            _AT_EXIT.append(True)
+    return loader
+
+
+def shutdown_workers() -> int:
+    """End the workers of every loader :func:`build_loader` made; return how many had to be killed.
+
+    Each live iterator is shut down as the DataLoader does it (a stop message,
+    then a join); a worker still alive after that (e.g. stuck in a read) is killed.
+    """
+    killed = 0
+    for loader in list(_LOADERS):
+        it = getattr(loader, "_iterator", None)
+        if it is None:
+            continue
+        loader._iterator = None
+        workers = list(getattr(it, "_workers", []))
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+                w.join()
+                killed += 1
+    return killed
 
 
 class WorkerInit:
@@ -163,9 +208,9 @@ def build_loader(config, rank: int = 0, world_size: int = 1, eval_only: bool = F
 
     eval_tf = build_eval_transform(data.IMG_SIZE, config.TEST.CROP, interpolation=data.INTERPOLATION)
     dataset_val = build_dataset(False, root, eval_tf, class_to_idx=info.class_to_idx)
-    loader_val = DataLoader(
+    loader_val = _track(DataLoader(
         dataset_val, sampler=ExactDistributedSampler(dataset_val, world_size, rank), shuffle=False,
-        drop_last=False, generator=torch.Generator().manual_seed(mix_seed(config.SEED, rank, 1)), **common)
+        drop_last=False, generator=torch.Generator().manual_seed(mix_seed(config.SEED, rank, 1)), **common))
 
     dataset_train = loader_train = None
     if not eval_only:
@@ -179,9 +224,9 @@ def build_loader(config, rank: int = 0, world_size: int = 1, eval_only: bool = F
             raise DataError(f"{os.path.join(root, TRAIN_SPLIT)} has {len(dataset_train)} images, fewer than "
                             f"one global batch (DATA.BATCH_SIZE={data.BATCH_SIZE} x {world_size} processes)")
         sampler = SeededTrainSampler(dataset_train, num_replicas=world_size, rank=rank, seed=config.SEED)
-        loader_train = DataLoader(
+        loader_train = _track(DataLoader(
             dataset_train, sampler=sampler, drop_last=True,
-            generator=torch.Generator().manual_seed(mix_seed(config.SEED, rank, 0)), **common)
+            generator=torch.Generator().manual_seed(mix_seed(config.SEED, rank, 0)), **common))
 
     return DataBundle(root=root, num_classes=info.num_classes, class_to_idx=info.class_to_idx,
                       label_order=info.order, dataset_val=dataset_val, loader_val=loader_val,

@@ -376,6 +376,31 @@ def test_build_mixup_odd_batch():
     assert build_mixup(cfg("DATA.BATCH_SIZE", 5, "AUG.MIXUP", 0.0, "AUG.CUTMIX", 0.0), 10) is None
 
 
+def test_exit_with_live_persistent_workers_does_not_hang(tmp_path):
+    """Workers ignore SIGTERM, which Python's exit handler uses to end daemon processes before waiting for
+    them: a script that leaves a loader with live workers must still exit (data.shutdown_workers runs first)."""
+    root = make_split(tmp_path, "train", {"a": 4, "b": 4})
+    make_split(tmp_path, "val", {"a": 1, "b": 1})
+    script = tmp_path / "leave_workers.py"
+    script.write_text(
+        "import sys\n"
+        "from config import load_config\n"
+        "from data import build_loader\n"
+        "if __name__ == '__main__':\n"
+        "    cfg = load_config(None, ['DATA.DATA_PATH', sys.argv[1], 'DATA.IMG_SIZE', 16, 'DATA.BATCH_SIZE', 2,\n"
+        "                             'DATA.NUM_WORKERS', 1, 'AUG.MIXUP', 0.0, 'AUG.CUTMIX', 0.0])\n"
+        "    loader = build_loader(cfg).loader_train\n"
+        "    loader.sampler.set_epoch(0)\n"
+        "    batches = iter(loader)\n"
+        "    next(batches)\n"
+        "    print(batches._workers[0].pid, flush=True)\n")
+    r = subprocess.run([sys.executable, str(script), root], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    worker = int(r.stdout.split()[0])
+    assert not os.path.exists(f"/proc/{worker}") or "Z" in open(f"/proc/{worker}/status").read().split()[3]
+
+
 def test_unknown_worker_start_method(tmp_path):
     make_split(tmp_path, "val", {"a": 1})
     c = cfg("DATA.DATA_PATH", str(tmp_path), "DATA.NUM_WORKERS", 1)
