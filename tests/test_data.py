@@ -394,7 +394,7 @@ def test_exit_with_live_persistent_workers_does_not_hang(tmp_path):
         "    batches = iter(loader)\n"
         "    next(batches)\n"
         "    print(batches._workers[0].pid, flush=True)\n")
-    r = subprocess.run([sys.executable, str(script), root], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    r = subprocess.run([sys.executable, str(script), root], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 0, r.stderr
     worker = int(r.stdout.split()[0])
