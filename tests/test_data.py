@@ -378,7 +378,8 @@ def test_build_mixup_odd_batch():
 
 def test_exit_with_live_persistent_workers_does_not_hang(tmp_path):
     """Workers ignore SIGTERM, which Python's exit handler uses to end daemon processes before waiting for
-    them: a script that leaves a loader with live workers must still exit (data.shutdown_workers runs first)."""
+    them: a script that leaves a loader with live workers must still exit (data.shutdown_workers runs first).
+    (``fork`` here only to skip the fork server's start-up; the exit path is the same for every method.)"""
     root = make_split(tmp_path, "train", {"a": 4, "b": 4})
     make_split(tmp_path, "val", {"a": 1, "b": 1})
     script = tmp_path / "leave_workers.py"
@@ -388,7 +389,8 @@ def test_exit_with_live_persistent_workers_does_not_hang(tmp_path):
         "from data import build_loader\n"
         "if __name__ == '__main__':\n"
         "    cfg = load_config(None, ['DATA.DATA_PATH', sys.argv[1], 'DATA.IMG_SIZE', 16, 'DATA.BATCH_SIZE', 2,\n"
-        "                             'DATA.NUM_WORKERS', 1, 'AUG.MIXUP', 0.0, 'AUG.CUTMIX', 0.0])\n"
+        "                             'DATA.NUM_WORKERS', 1, 'DATA.WORKER_START_METHOD', 'fork',\n"
+        "                             'AUG.MIXUP', 0.0, 'AUG.CUTMIX', 0.0])\n"
         "    loader = build_loader(cfg).loader_train\n"
         "    loader.sampler.set_epoch(0)\n"
         "    batches = iter(loader)\n"

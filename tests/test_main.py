@@ -238,6 +238,14 @@ print("RESULTS" + json.dumps(out))
 """
 
 
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def _bad_layout(base):
     root = base / "bad_layout"
     write_image_folder(root, train=(2, 2, 2), val=(1, 1, 1), broken=False)
@@ -275,6 +283,8 @@ def test_later_commands_leave_the_run_alone_and_errors_are_one_line(tiny, refere
     unreadable, unreadable_culprit = _unreadable_val(tmp_path)
     weights = str(tmp_path / "weights.pth")
     torch.save({"model": {}}, weights)
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {}, "x": _Evil(tmp_path / "pwned")}, evil)
     swin = ["--cfg", os.path.join(ROOT, "configs", "flatten_swin_t.yaml")] + a[2:] + [
         "--batch-size", "4", "--opts", "MODEL.DEPTHS", "[1,1,1,1]"]
     ok = {  # name: argv of a command that must succeed
@@ -289,6 +299,8 @@ def test_later_commands_leave_the_run_alone_and_errors_are_one_line(tiny, refere
         "bad_split_layout": (a[:3] + [layout] + a[4:], layout_culprit),
         "unreadable_val_image": (a[:3] + [unreadable] + a[4:] + ["--eval", "--resume", ckpt], unreadable_culprit),
         "not_a_checkpoint": (a + ["--eval", "--resume", str(notes)], str(notes)),
+        "malicious_checkpoint": (a + ["--eval", "--resume", str(evil)],
+                                 f"{evil}: refuses to unpickle posix.system: not a plain checkpoint"),
         "checkpoint_of_other_model": (a + ["--eval", "--resume", ckpt, "--opts", "MODEL.DEPTHS", "[1,1,1,2]",
                                            "MODEL.EMBED_DIMS", "[8,16,16,24]"], ckpt),
         "eval_without_weights": (a + ["--eval"], "--eval needs weights"),
@@ -326,6 +338,7 @@ def test_later_commands_leave_the_run_alone_and_errors_are_one_line(tiny, refere
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, (name, err)
         assert culprit in lines[0], (name, lines[0])
     assert "missing (block4.1." in got["checkpoint_of_other_model"]["err"]
+    assert not (tmp_path / "pwned").exists()                           # nothing in the file ran
     assert "DATA.MAX_BAD_FILES=0" in got["bad_file_budget"]["err"]
 
     after = tree(tiny["out"])
@@ -346,18 +359,6 @@ def test_later_commands_leave_the_run_alone_and_errors_are_one_line(tiny, refere
         assert {"config.yaml", "run.json"} <= set(os.listdir(os.path.join(tiny["out"], f)))
     assert any(p.endswith("throughput.json") for p in new)
     assert "Acc@1" in results["eval"].stdout
-
-
-def test_malicious_checkpoint_cli(tiny, tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {tmp_path / 'pwned'}",))
-
-    evil = tmp_path / "evil.pth"
-    torch.save({"model": {}, "x": Evil()}, evil)
-    line = one_error_line(run(tiny["args"] + ["--eval", "--resume", str(evil)]))
-    assert line == f"error: {evil}: refuses to unpickle posix.system: not a plain checkpoint"
-    assert not (tmp_path / "pwned").exists()
 
 
 # ----------------------------------------------------------------------------- two processes, workers, preemption
@@ -452,10 +453,12 @@ def test_eval_exact_across_processes_and_released_format(tiny, ddp_reference):
     ckpt = os.path.join(ddp_reference, "last.pth")
     released = str(tiny["base"] / "released.pth")
     _released_checkpoint(ckpt, released, tiny["cfg"])
-    one = start(tiny["args"] + ["--eval", "--resume", ckpt, "--tag", "one"])
-    rel = start(tiny["args"] + ["--eval", "--resume", released, "--tag", "released"])
-    check_ok(finish(one))
-    check_ok(finish(rel))
+    argvs = {"one": tiny["args"] + ["--eval", "--resume", ckpt, "--tag", "one"],
+             "released": tiny["args"] + ["--eval", "--resume", released, "--tag", "released"]}
+    r = check_ok(subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(argvs)], cwd=ROOT, env=_env(),
+                                capture_output=True, text=True, timeout=600))
+    got = json.loads(r.stdout.split("RESULTS", 1)[1])
+    assert got["one"]["code"] == got["released"]["code"] == 0, got
     e2 = read_json(os.path.join(ddp_reference, "eval.json"))
 
     def record(tag):

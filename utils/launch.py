@@ -44,7 +44,7 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def report(line: str, code: int, kind: str = "error") -> None:
+def report(line: str, code: int, kind: str = "error", since: Optional[float] = None) -> None:
     """Report this process's outcome in one line.
 
     Args:
@@ -53,6 +53,8 @@ def report(line: str, code: int, kind: str = "error") -> None:
         kind: ``error`` (a user error), ``failed`` (training cannot go on),
             ``stuck`` (the watchdog fired), ``peer`` (a collective lost another
             process, which reports the cause itself) or ``stopped`` (a signal).
+        since: when the failure began (wall clock; the watchdog's stall start), if
+            earlier than now: the launcher orders failures by it.
 
     Under the launcher the line goes to the launcher, which prints one line for
     the whole job; otherwise errors are printed to stderr as ``error: <line>``
@@ -64,8 +66,9 @@ def report(line: str, code: int, kind: str = "error") -> None:
     folder = os.environ.get(RECORDS_ENV, "")
     if folder and os.path.isdir(folder):
         rank = os.environ.get("RANK", "0")
-        record = dict(time=time.time(), rank=int(rank) if rank.isdigit() else 0, code=int(code), kind=kind,
-                      line=text)
+        now = time.time()
+        record = dict(time=now if since is None else min(now, since), rank=int(rank) if rank.isdigit() else 0,
+                      code=int(code), kind=kind, line=text)
         path = os.path.join(folder, f"rank{rank}.{kind}.json")
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:

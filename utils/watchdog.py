@@ -8,6 +8,8 @@ lasts longer than the timeout. When one does it reports one ``error:`` line
 naming the phase (through :func:`utils.launch.report`, so the launcher prints
 it once), kills this process's loader workers and ends the process with exit
 code :data:`EXIT_STUCK`. The launcher (or torchrun) then stops the other ranks.
+When several ranks stall (one in its loader, the others in the collective that
+waits for it), the launcher reports the stall that began first: the cause.
 
 The collectives themselves also get a timeout (``init_process_group``), set a
 minute longer than the watchdog's so that the clearer message comes first.
@@ -80,13 +82,15 @@ class Watchdog:
             with self._lock:
                 what, since = self._what, self._since
             if what is not None and time.monotonic() - since > self.timeout_s:
-                self._fire(what)
+                self._fire(what, since)
                 return
 
-    def _fire(self, what: str) -> None:
+    def _fire(self, what: str, since: float) -> None:
         from .launch import report
+        began = time.time() - (time.monotonic() - since)   # when the stall began, on the wall clock
         report(f"no progress for {self.timeout_s:g} s while {what} ({self.key}={self.timeout_s:g}); "
-               f"a stuck data loader, file system or process ended the run", EXIT_STUCK, kind="stuck")
+               f"a stuck data loader, file system or process ended the run", EXIT_STUCK, kind="stuck",
+               since=began)
         for child in multiprocessing.active_children():  # loader workers stuck in I/O would outlive us
             try:
                 child.kill()
