@@ -140,8 +140,15 @@ def test_evaluate_counts_every_image():
     assert stats["acc1"] == pytest.approx(60.0) and stats["acc5"] == pytest.approx(100.0)
 
 
-def test_throughput_reports_images_per_second():
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
-    stats = throughput(model, batch_size=2, img_size=8, device=torch.device("cpu"), warmup=1, iters=2)
-    assert stats["dtype"] == "float32" and stats["batch_size"] == 2 and stats["iters"] == 2
+def test_throughput_times_the_timed_iterations_only():
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append((tuple(x.shape), torch.is_inference_mode_enabled(), self.training))
+            return x.flatten(1)[:, :4]
+
+    stats = throughput(Counting(), batch_size=2, img_size=8, device=torch.device("cpu"), warmup=1, iters=3)
+    assert calls == [((2, 3, 8, 8), True, False)] * 4          # 1 warm-up + 3 timed, inference mode, eval
+    assert stats["dtype"] == "float32" and stats["batch_size"] == 2 and stats["iters"] == 3
     assert 0 < stats["images_per_s"] < float("inf")
