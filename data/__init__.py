@@ -18,7 +18,13 @@ terminates daemon processes with SIGTERM and then waits for them, would wait
 forever for a loader still alive at exit. :func:`shutdown_workers` ends every
 loader's workers the regular way (and kills any that do not end); ``main.py``
 calls it when a command ends and it is also registered to run at exit, before
-that handler.
+that handler. Workers also end when the training process ends, however it ends
+(:class:`WorkerInit`).
+
+One window remains: PyTorch installs its own SIGTERM handler in each new worker
+(to exit quietly when its parent asks), a few instructions before
+:class:`WorkerInit` ignores the signal again; a SIGTERM landing in that window,
+once per worker and loader with persistent workers, still ends the worker.
 """
 from __future__ import annotations
 
@@ -27,6 +33,9 @@ import logging
 import multiprocessing
 import os
 import random
+import select
+import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -56,13 +65,27 @@ _AT_EXIT = []
 
 
 def _track(loader: DataLoader) -> DataLoader:
-    """Remember a loader with workers, for :func:`shutdown_workers` (registered at exit on first use)."""
+    """Remember a loader with workers, for :func:`shutdown_workers`."""
     if loader.num_workers > 0:
         _LOADERS.add(loader)
-        if not _AT_EXIT:   # after multiprocessing's own exit handler, so it runs before it
-            atexit.register(shutdown_workers)
-            _AT_EXIT.append(True)
+        _register_at_exit()
     return loader
+
+
+def _register_at_exit() -> None:
+    if not _AT_EXIT:   # registered after multiprocessing's own exit handler, so it runs before it
+        atexit.register(_at_exit)
+        _AT_EXIT.append(True)
+
+
+def _at_exit() -> None:
+    """At interpreter exit: :func:`shutdown_workers`, then kill the daemon processes still alive (loaders
+    made outside :func:`build_loader`), which multiprocessing would SIGTERM and wait for."""
+    shutdown_workers()
+    for child in multiprocessing.active_children():
+        if child.daemon and child.is_alive():
+            child.kill()
+            child.join()
 
 
 def shutdown_workers() -> int:
@@ -89,16 +112,42 @@ def shutdown_workers() -> int:
     return killed
 
 
+def _exit_when_gone(pid: int) -> None:
+    """Block until process ``pid`` has ended, then end this process (run in a daemon thread)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):   # no pidfd (old kernel): look once a second
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+    select.select([fd], [], [])
+    os._exit(0)
+
+
 class WorkerInit:
-    """``worker_init_fn``: ignore stop signals, seed python, numpy and torch from ``(seed, rank, worker_id)``."""
+    """``worker_init_fn``: ignore stop signals, follow the training process, seed from ``(seed, rank, worker_id)``.
+
+    PyTorch's workers notice the death of their *parent*; a worker forked by the
+    fork server has the server as parent, so each worker also watches the
+    training process itself and ends with it (even when that was killed with
+    SIGKILL), instead of lingering with the server.
+    """
 
     def __init__(self, seed: int, rank: int):
         self.seed = int(seed)
         self.rank = int(rank)
+        self.owner = os.getpid()   # the training process that builds the loader
 
     def __call__(self, worker_id: int) -> None:
         from utils.preemption import ignore_stop_signals
         ignore_stop_signals()
+        if os.getppid() != self.owner:
+            threading.Thread(target=_exit_when_gone, args=(self.owner,), name="follow-owner", daemon=True).start()
         s = mix_seed(self.seed, self.rank, worker_id)
         random.seed(s)
         np.random.seed(s % 2 ** 32)
@@ -162,6 +211,7 @@ def _worker_context(method: str):
         raise DataError(f"DATA.WORKER_START_METHOD must be one of {', '.join(WORKER_START_METHODS)}, "
                         f"got {method!r}")
     ctx = multiprocessing.get_context(method)
+    _register_at_exit()   # workers of this context ignore SIGTERM: never let the exit handler wait for them
     if method == "forkserver":
         # The server imports the data package once; each worker is then a cheap fork of it. Starting it
         # now lets that import overlap with building the model and loading checkpoints.

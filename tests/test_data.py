@@ -280,14 +280,14 @@ def test_loader_workers_ignore_stop_signals(tmp_path):
     c = cfg("DATA.DATA_PATH", root, "DATA.IMG_SIZE", 16, "DATA.BATCH_SIZE", 2, "DATA.NUM_WORKERS", 2)
     loader = build_loader(c, eval_only=True).loader_val
     it = iter(loader)
-    first = next(it)
+    first = [next(it), next(it)]       # one batch from each worker: both have run their init
     pids = [w.pid for w in it._workers]
     assert len(pids) == 2
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGINT)
     rest = list(it)
-    assert len(rest) == 5 and first[0].shape == (2, 3, 16, 16)
+    assert len(rest) == 4 and first[0][0].shape == (2, 3, 16, 16)
     assert all(w.is_alive() for w in it._workers)
     assert loader.multiprocessing_context.get_start_method() == "forkserver"
 
@@ -401,6 +401,38 @@ def test_exit_with_live_persistent_workers_does_not_hang(tmp_path):
     assert r.returncode == 0, r.stderr
     worker = int(r.stdout.split()[0])
     assert not os.path.exists(f"/proc/{worker}") or "Z" in open(f"/proc/{worker}/status").read().split()[3]
+
+
+def test_workers_end_with_a_killed_training_process(tmp_path):
+    """A worker forked by the fork server has the server as parent; it still ends when the process that
+    uses it is killed with SIGKILL (and the server with it), instead of lingering."""
+    root = make_split(tmp_path, "val", {"a": 4, "b": 4})
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from multiprocessing import forkserver\n"
+        "from config import load_config\n"
+        "from data import build_loader\n"
+        "if __name__ == '__main__':\n"
+        "    cfg = load_config(None, ['DATA.DATA_PATH', sys.argv[1], 'DATA.IMG_SIZE', 16, 'DATA.BATCH_SIZE', 2,\n"
+        "                             'DATA.NUM_WORKERS', 1])\n"
+        "    batches = iter(build_loader(cfg, eval_only=True).loader_val)\n"
+        "    next(batches)\n"
+        "    print(batches._workers[0].pid, forkserver._forkserver._forkserver_pid, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, str(script), root], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == -signal.SIGKILL
+    worker, server = (int(p) for p in r.stdout.split())
+    for pid in (worker, server):          # wait (bounded) for each to end: they are not our children
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        import select
+        ready, _, _ = select.select([fd], [], [], 60)
+        os.close(fd)
+        assert ready, f"process {pid} outlived the killed training process"
 
 
 def test_unknown_worker_start_method(tmp_path):

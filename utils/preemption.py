@@ -10,10 +10,12 @@ Where a stop signal can arrive, and what happens:
 * **Its DataLoader workers**: they ignore SIGTERM and SIGINT, so a signal sent
   to the whole process group (SLURM, ``timeout -s TERM``, Ctrl-C in a terminal)
   no longer kills them under the rank's feet; they end when the rank ends.
-  With the default ``forkserver`` start method they ignore them from birth:
-  the fork server is started under :func:`children_ignore_stop_signals` and
-  every worker inherits its dispositions (the server survives the signal too).
-  With ``spawn`` / ``fork`` the worker's first act is :func:`ignore_stop_signals`.
+  With the default ``forkserver`` start method the fork server is started under
+  :func:`children_ignore_stop_signals` (it survives the signal, and every worker
+  inherits its dispositions); PyTorch then installs its own SIGTERM handler in
+  each worker, and the worker's init (``data.WorkerInit``) ignores SIGTERM again
+  with :func:`ignore_stop_signals`, a few instructions later. SIGINT is ignored
+  throughout.
 * **The launcher** (``python main.py --nproc-per-node N``, :mod:`utils.launch`):
   forwards the signal to every rank and waits for them to save and exit.
   A plain ``torchrun`` forwards it too, but gives the ranks only
