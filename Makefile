@@ -1,10 +1,10 @@
-# Set-up and entry points. `make demo` and `make test` install into .venv when needed.
+# Set-up and entry points. `make demo`, `make rehearsal` and `make test` install into .venv when needed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean-demo
+.PHONY: install demo rehearsal test test-all gpu-check clean-demo
 
 install: $(STAMP)
 
@@ -15,14 +15,23 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
+
+# The real training path on real photos: preemption, resume, evaluation, rerun (scripts/rehearsal.py).
+rehearsal: $(STAMP)
+	$(PY) -m scripts.rehearsal --compare
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Slow tests too (big models at full size, long runs).
+# On a GPU: every CUDA-only path checked, then the speed figures (scripts/gpu_check.py; under 8 minutes).
+# OFFICIAL=<checkout of the official FLatten-Transformer> adds the comparisons with the official code.
+gpu-check: $(STAMP)
+	$(PY) -m scripts.gpu_check $(if $(OFFICIAL),--official-path $(OFFICIAL))
+
+# Slow tests too (big models at full size, long runs, the rehearsal).
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
 clean-demo:
-	rm -rf demo_data output/demo
+	rm -rf demo_data output/demo output/rehearsal

@@ -1,9 +1,11 @@
 """YACS configuration: defaults, YAML files with ``BASE:`` inheritance, ``--opts`` overrides.
 
-``load_config(path, opts)`` and ``get_config(args)`` return a frozen CfgNode.
-Unknown keys (in a file or in ``opts``) are an error that names the key.
-Derived values (the LR scaled with the global batch) are set in one place,
-:func:`finalize`, called by ``main.py`` once the world size is known.
+``load_config(path, opts)`` and ``get_config(args)`` return a frozen CfgNode:
+the config as the user gave it (this is what a run saves as ``config.yaml``,
+and that file works as ``--cfg``). Unknown keys (in a file or in ``opts``) are
+an error that names the key. Derived values (the LRs scaled with the global
+batch) are set in one place, :func:`finalize`, called by ``main.py`` once the
+world size is known; :func:`derived_values` lists them for the run record.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class ConfigError(ValueError):
 
 _C = CN()
 _C.BASE = [""]                            # YAML files this one inherits from (relative to this file)
+_C.NAME = ""                              # run name: outputs go to OUTPUT/NAME/TAG ('' = the --cfg file's stem)
 
 # ----------------------------------------------------------------------------- data
 _C.DATA = CN()
@@ -31,13 +34,15 @@ _C.DATA.INTERPOLATION = "bicubic"         # resize interpolation for train and e
 _C.DATA.PIN_MEMORY = True                 # pin host memory in the loaders
 _C.DATA.NUM_WORKERS = 8                   # loader worker processes per rank
 _C.DATA.PERSISTENT_WORKERS = True         # keep workers alive between epochs
+_C.DATA.WORKER_START_METHOD = "forkserver"  # how workers start: forkserver | spawn | fork (fork can deadlock)
+_C.DATA.MAX_BAD_FILES = 10                # unreadable training images replaced per epoch (all ranks) before stopping
 
 # ----------------------------------------------------------------------------- model
 _C.MODEL = CN()
 _C.MODEL.NAME = "flatten_swin_tiny_patch4_224"  # registered timm model name (sets the family and the size defaults)
 _C.MODEL.PRETRAINED = ""                  # weights to start from (e.g. 224 weights for 384 fine-tuning)
 _C.MODEL.RESUME = ""                      # checkpoint to resume training or to evaluate
-_C.MODEL.NUM_CLASSES = 1000               # classifier outputs
+_C.MODEL.NUM_CLASSES = None               # classifier outputs; null (or 0) = one per class folder, 1000 for ImageNet wnids
 _C.MODEL.DROP_RATE = 0.0                  # dropout rate, placed as in each official family (head / embeddings / projections)
 _C.MODEL.DROP_PATH_RATE = 0.1             # stochastic depth, linearly increasing over blocks
 _C.MODEL.LABEL_SMOOTHING = 0.1            # label smoothing when Mixup/CutMix is off
@@ -64,11 +69,11 @@ _C.MODEL.LA.CSWIN_LA_SPLIT_SIZE = []      # CSWin: L-stage window per stage, e.g
 
 # ----------------------------------------------------------------------------- training
 _C.TRAIN = CN()
-_C.TRAIN.START_EPOCH = 0                  # first epoch (set from the checkpoint on resume)
 _C.TRAIN.EPOCHS = 300                     # total epochs, cool-down included
 _C.TRAIN.WARMUP_EPOCHS = 20               # linear warm-up epochs
 _C.TRAIN.COOLDOWN_EPOCHS = 0              # epochs at MIN_LR after the cosine decay
-_C.TRAIN.WEIGHT_DECAY = 0.05              # AdamW weight decay (not on 1-d params, biases, no_weight_decay())
+_C.TRAIN.WEIGHT_DECAY = 0.05              # AdamW weight decay (not on 1-d params, biases, the release's skip list)
+_C.TRAIN.WEIGHT_DECAY_GROUPS = "released" # released | exempt_position (also no decay on scale / positional encodings)
 _C.TRAIN.BASE_LR = 5e-4                   # LR per 512 images of global batch
 _C.TRAIN.WARMUP_LR = 5e-7                 # warm-up start LR per 512 images
 _C.TRAIN.MIN_LR = 5e-6                    # final LR per 512 images
@@ -112,9 +117,11 @@ _C.COMPILE = False                        # torch.compile the model
 _C.OUTPUT = "output"                      # root of the output folders (OUTPUT/NAME/TAG)
 _C.TAG = "default"                        # run tag
 _C.SAVE_FREQ = 1                          # save a numbered checkpoint every SAVE_FREQ epochs
+_C.SAVE_KEEP = 3                          # numbered checkpoints kept (newest); last/best/best_ema always kept
 _C.PRINT_FREQ = 100                       # log every PRINT_FREQ steps
 _C.SEED = 0                               # random seed (offset by rank)
 _C.DETERMINISTIC = False                  # deterministic algorithms (slower; for exact resume tests)
+_C.WATCHDOG_TIMEOUT = 1800                # seconds without progress (batch, step, collective) before an error; 0 = off
 _C.EVAL_MODE = False                      # evaluate only
 _C.THROUGHPUT_MODE = False                # measure throughput only
 
@@ -188,6 +195,25 @@ def validate(cfg: CN) -> None:
         raise ConfigError(f"DATA.BATCH_SIZE must be >= 1, got {cfg.DATA.BATCH_SIZE}")
     if cfg.TRAIN.ACCUMULATION_STEPS < 1:
         raise ConfigError(f"TRAIN.ACCUMULATION_STEPS must be >= 1, got {cfg.TRAIN.ACCUMULATION_STEPS}")
+    choices = {"TRAIN.WEIGHT_DECAY_GROUPS": (cfg.TRAIN.WEIGHT_DECAY_GROUPS, ("released", "exempt_position")),
+               "DATA.WORKER_START_METHOD": (cfg.DATA.WORKER_START_METHOD, ("forkserver", "spawn", "fork")),
+               "TRAIN.LR_SCHEDULER.NAME": (cfg.TRAIN.LR_SCHEDULER.NAME, ("cosine",))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    n = cfg.MODEL.NUM_CLASSES
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ConfigError(f"MODEL.NUM_CLASSES must be a number of classes or null (one per class folder), got {n!r}")
+    for key, value in (("DATA.NUM_WORKERS", cfg.DATA.NUM_WORKERS),
+                       ("DATA.MAX_BAD_FILES", cfg.DATA.MAX_BAD_FILES), ("SAVE_KEEP", cfg.SAVE_KEEP),
+                       ("WATCHDOG_TIMEOUT", cfg.WATCHDOG_TIMEOUT), ("TRAIN.EPOCHS", cfg.TRAIN.EPOCHS)):
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if cfg.SAVE_FREQ < 1:
+        raise ConfigError(f"SAVE_FREQ must be >= 1, got {cfg.SAVE_FREQ}")
+    for key, value in (("NAME", cfg.NAME), ("TAG", cfg.TAG)):
+        if value and (os.sep in value or value in (".", "..")):
+            raise ConfigError(f"{key} must be a plain folder name, got {value!r}")
 
 
 def load_config(cfg_file: Optional[str] = None, opts: Optional[Iterable[str]] = None,
@@ -219,11 +245,16 @@ _ARG_TO_KEY = {
     "tag": "TAG",
     "seed": "SEED",
     "epochs": "TRAIN.EPOCHS",
+    "num_classes": "MODEL.NUM_CLASSES",
 }
 
 
 def get_config(args) -> CN:
-    """Config from argparse ``args`` (``cfg``, ``opts`` and the flags in ``_ARG_TO_KEY``)."""
+    """Config from argparse ``args`` (``cfg``, ``opts`` and the flags in ``_ARG_TO_KEY``).
+
+    ``NAME``, when empty, becomes the stem of the ``--cfg`` file (else ``MODEL.NAME``),
+    so the saved ``config.yaml`` names its own run.
+    """
     cfg = load_config(getattr(args, "cfg", None), getattr(args, "opts", None), freeze=False)
     overrides = []
     for arg, key in _ARG_TO_KEY.items():
@@ -246,24 +277,21 @@ def get_config(args) -> CN:
         cfg.EVAL_MODE = True
     if getattr(args, "throughput", False):
         cfg.THROUGHPUT_MODE = True
+    if not cfg.NAME:
+        cfg_file = getattr(args, "cfg", None)
+        cfg.NAME = os.path.splitext(os.path.basename(cfg_file))[0] if cfg_file else cfg.MODEL.NAME
     validate(cfg)
     cfg.freeze()
     return cfg
 
 
-def dump(cfg: CN) -> str:
-    """The config as a YAML string (stored in checkpoints)."""
-    return cfg.dump()
+def finalize(cfg: CN, world_size: int) -> CN:
+    """The config the code runs with: derived values set, once ``main.py`` knows the world size.
 
-
-def finalize(cfg: CN, world_size: int, name: str) -> CN:
-    """Derived values, set once by ``main.py`` when the world size is known.
-
-    * ``OUTPUT`` becomes ``OUTPUT/<name>/TAG`` (``name``: the config file's stem).
-    * ``TRAIN.BASE_LR``, ``WARMUP_LR`` and ``MIN_LR`` are scaled linearly with the
-      global batch: ``lr * DATA.BATCH_SIZE * world_size * TRAIN.ACCUMULATION_STEPS / 512``.
-
-    Returns a new frozen node; ``cfg`` is left as it is.
+    ``TRAIN.BASE_LR``, ``WARMUP_LR`` and ``MIN_LR`` are scaled linearly with the
+    global batch: ``lr * DATA.BATCH_SIZE * world_size * TRAIN.ACCUMULATION_STEPS / 512``
+    (docs/model.md, section 4). Returns a new frozen node; ``cfg`` (the config as
+    given, saved as ``config.yaml``) is left as it is.
     """
     out = cfg.clone()
     out.defrost()
@@ -271,6 +299,13 @@ def finalize(cfg: CN, world_size: int, name: str) -> CN:
     out.TRAIN.BASE_LR = cfg.TRAIN.BASE_LR * scale
     out.TRAIN.WARMUP_LR = cfg.TRAIN.WARMUP_LR * scale
     out.TRAIN.MIN_LR = cfg.TRAIN.MIN_LR * scale
-    out.OUTPUT = os.path.join(cfg.OUTPUT, name, cfg.TAG)
     out.freeze()
     return out
+
+
+def derived_values(cfg: CN, world_size: int) -> dict:
+    """The values :func:`finalize` derives, for the run record beside ``config.yaml``."""
+    eff = finalize(cfg, world_size)
+    return dict(world_size=world_size,
+                global_batch=cfg.DATA.BATCH_SIZE * world_size * cfg.TRAIN.ACCUMULATION_STEPS,
+                lr=eff.TRAIN.BASE_LR, warmup_lr=eff.TRAIN.WARMUP_LR, min_lr=eff.TRAIN.MIN_LR)

@@ -12,6 +12,17 @@ Reproducibility of training data: :class:`SeededTrainSampler` yields
 sample under RNGs seeded with ``sample_seed``. The augmentation of an image is
 therefore the same whatever the number of workers, whether workers persist
 across epochs, and whether the run was resumed in the middle.
+
+Unreadable training images: a training sample whose file cannot be decoded is
+replaced by another image drawn from its ``sample_seed`` (the same one on every
+run), and the sample carries the path and the reason, so that the training
+loop can log it and count it against ``DATA.MAX_BAD_FILES``. Evaluation never
+replaces: an unreadable validation image is an error that names the file.
+
+Labels: class folders are numbered in sorted order, except when every folder
+name is an ImageNet-1k wnid (``n01440764`` ...) and the model has 1000 outputs:
+then labels follow ImageNet's class order (timm's ``imagenet_synsets.txt``), so
+a subset of the ImageNet validation set evaluates a 1000-class checkpoint.
 """
 from __future__ import annotations
 
@@ -21,9 +32,11 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,7 +49,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 __all__ = [
     "DataError", "check_image_folder", "check_same_classes", "build_dataset", "pil_rgb_loader",
     "ImageFolderDataset", "write_demo_dataset", "SeededTrainSampler", "ExactDistributedSampler",
-    "mix_seed", "TRAIN_SPLIT", "VAL_SPLIT",
+    "mix_seed", "resolve_classes", "ClassInfo", "TRAIN_SPLIT", "VAL_SPLIT", "MAX_REPLACEMENT_TRIES",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -46,6 +59,9 @@ VAL_SPLIT = "val"
 _WORKER_PREFIX = "Caught DataError"
 _DEMO_MARKER = "DEMO_COMPLETE.json"
 _DEMO_VERSION = 1
+MAX_REPLACEMENT_TRIES = 16   # unreadable images in a row before a training sample gives up
+IMAGENET_CLASSES = 1000
+_WNID = re.compile(r"^n\d{8}$")
 
 
 class DataError(ValueError):
@@ -161,12 +177,71 @@ def _preview(names: Sequence[str], n: int = 5) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
+def _imagenet_wnids() -> List[str]:
+    from timm.data import ImageNetInfo
+    return list(ImageNetInfo("imagenet-1k").label_names())
+
+
+@dataclass
+class ClassInfo:
+    """Labels of a data folder: ``class_to_idx``, the classifier size and how they were chosen."""
+    class_to_idx: Dict[str, int]
+    num_classes: int
+    order: str          # 'imagenet' or 'folders'
+    note: Optional[str] = None   # a warning for the log, if any
+
+
+def resolve_classes(classes: Sequence[str], num_classes: Optional[int], where: str) -> ClassInfo:
+    """Labels and classifier size for the class folders ``classes`` (sorted names).
+
+    Args:
+        classes: the class folder names.
+        num_classes: ``MODEL.NUM_CLASSES``; None or 0 = automatic.
+        where: the folder, for messages.
+
+    Rules: automatic is the number of folders, or 1000 when every name is an
+    ImageNet-1k wnid (labels then follow ImageNet's order). An explicit value
+    smaller than the folders need is an error; a larger one is allowed, with a
+    note (a 1000-class model evaluated on a few classes).
+
+    Raises:
+        DataError: ``num_classes`` cannot hold the classes.
+    """
+    n = len(classes)
+    num_classes = int(num_classes or 0)
+    if num_classes < 0:
+        raise DataError(f"MODEL.NUM_CLASSES must be >= 0 (0 = one per class folder), got {num_classes}")
+    wnids = n > 0 and all(_WNID.match(c) for c in classes)
+    order = None
+    if wnids and num_classes in (0, IMAGENET_CLASSES):
+        index = {w: i for i, w in enumerate(_imagenet_wnids())}
+        if all(c in index for c in classes):
+            order = {c: index[c] for c in classes}
+    if order is not None:
+        note = None
+        if num_classes == 0 and n < IMAGENET_CLASSES:
+            note = (f"{where} has {n} ImageNet class folders: labels follow ImageNet's class order and the "
+                    f"classifier has {IMAGENET_CLASSES} outputs (pass --num-classes {n} for a {n}-way "
+                    f"classifier in folder order)")
+        return ClassInfo(order, IMAGENET_CLASSES, "imagenet", note)
+    if num_classes and num_classes < n:
+        raise DataError(f"{where} has {n} class folders but MODEL.NUM_CLASSES is {num_classes}; "
+                        f"use --num-classes {n} (or 0: one output per class folder)")
+    note = None
+    if num_classes > n:
+        note = (f"MODEL.NUM_CLASSES is {num_classes} but {where} has {n} class folders: "
+                f"{num_classes - n} outputs will never be a target")
+    return ClassInfo({c: i for i, c in enumerate(classes)}, num_classes or n, "folders", note)
+
+
 # ----------------------------------------------------------------------------- dataset
 def pil_rgb_loader(path: str) -> Image.Image:
     """Open an image as RGB; an unreadable or corrupt file raises DataError naming it."""
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")  # the direct P -> RGB conversion warns; the colours are the same
             return img.convert("RGB")  # forces the full decode while the file is open
     except DataError:
         raise
@@ -192,28 +267,77 @@ def _seeded_rngs(seed: int):
 class ImageFolderDataset(ImageFolder):
     """torchvision ImageFolder with a loader that reports unreadable files as DataError.
 
-    ``dataset[i]`` behaves as ImageFolder's; ``dataset[(i, seed)]`` (what
-    :class:`SeededTrainSampler` yields) transforms sample ``i`` under RNGs seeded
-    with ``seed``, leaving the caller's RNG states untouched.
+    ``dataset[i]`` behaves as ImageFolder's: ``(image, target)``, and an
+    unreadable file raises :class:`DataError` naming it (evaluation).
+    ``dataset[(i, seed)]`` (what :class:`SeededTrainSampler` yields) is a
+    training sample: ``(image, target, bad)``. The transform runs under RNGs
+    seeded with ``seed``, leaving the caller's RNG states untouched; when
+    ``replace_bad`` is set, an unreadable file is replaced by the image at
+    ``mix_seed(seed, try) % len`` and ``bad`` lists ``"path: reason"`` of each
+    file that failed (one per line; ``""`` when none).
+
+    Args:
+        root: the split folder (``<data>/train``).
+        transform: applied to the RGB PIL image.
+        class_to_idx: labels of the class folders (default: sorted order).
+        replace_bad: replace unreadable training images instead of raising.
     """
 
-    def __init__(self, root: str, transform: Optional[Callable] = None):
+    def __init__(self, root: str, transform: Optional[Callable] = None,
+                 class_to_idx: Optional[Dict[str, int]] = None, replace_bad: bool = False):
+        self._given_class_to_idx = dict(class_to_idx) if class_to_idx is not None else None
+        self.replace_bad = replace_bad
         super().__init__(root, transform=transform, loader=pil_rgb_loader)
 
+    def find_classes(self, directory: str) -> Tuple[List[str], Dict[str, int]]:
+        classes, class_to_idx = super().find_classes(directory)
+        if self._given_class_to_idx is None:
+            return classes, class_to_idx
+        missing = [c for c in classes if c not in self._given_class_to_idx]
+        if missing:
+            raise DataError(f"{directory}: class folders without a label: {_preview(missing)}")
+        return classes, {c: self._given_class_to_idx[c] for c in classes}
+
+    def _load(self, index: int):
+        path, target = self.samples[index]
+        img = self.loader(path)
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
     def __getitem__(self, index: Union[int, Tuple[int, int]]):
-        if isinstance(index, (tuple, list)):
-            index, seed = index
-            with _seeded_rngs(int(seed)):
-                return super().__getitem__(int(index))
-        return super().__getitem__(index)
+        if not isinstance(index, (tuple, list)):
+            return self._load(int(index))
+        index, seed = int(index[0]), int(index[1])
+        bad: List[str] = []
+        with _seeded_rngs(seed):
+            for attempt in range(MAX_REPLACEMENT_TRIES):
+                try:
+                    img, target = self._load(index)
+                    return img, target, "\n".join(bad)
+                except DataError as e:
+                    if not self.replace_bad:
+                        raise
+                    bad.append(str(e)[len("unreadable image "):] if str(e).startswith("unreadable image ")
+                               else str(e))
+                    index = mix_seed(seed, attempt + 1) % len(self.samples)
+        raise DataError(f"{MAX_REPLACEMENT_TRIES} unreadable training images in a row, the last "
+                        f"{bad[-1]}; is {self.root} readable?")
 
 
-def build_dataset(is_train: bool, data_path: str, transform: Optional[Callable]) -> ImageFolderDataset:
-    """``data_path/train`` or ``data_path/val`` as an ImageFolder, checked first."""
+def build_dataset(is_train: bool, data_path: str, transform: Optional[Callable],
+                  class_to_idx: Optional[Dict[str, int]] = None) -> ImageFolderDataset:
+    """``data_path/train`` or ``data_path/val`` as an ImageFolder, checked first.
+
+    Training sets replace unreadable images (see :class:`ImageFolderDataset`).
+    """
     split = TRAIN_SPLIT if is_train else VAL_SPLIT
     check_image_folder(data_path, split)
     try:
-        return ImageFolderDataset(os.path.join(data_path, split), transform=transform)
+        return ImageFolderDataset(os.path.join(data_path, split), transform=transform,
+                                  class_to_idx=class_to_idx, replace_bad=is_train)
     except FileNotFoundError as e:  # layout changed between the check and the scan
         raise DataError(_one_line(e)) from None
 
@@ -330,17 +454,28 @@ class SeededTrainSampler(DistributedSampler):
     ranks); with one replica it is a plain seeded shuffle. It yields
     ``(index, sample_seed)`` pairs, ``sample_seed = mix_seed(seed, epoch, index)``,
     which :class:`ImageFolderDataset` uses to seed that sample's augmentation.
-    Call ``set_epoch(epoch)`` before iterating each epoch.
+    Call ``set_epoch(epoch)`` before iterating each epoch; ``set_epoch(epoch, start)``
+    skips this rank's first ``start`` samples (resuming inside an epoch: the
+    skipped images are not loaded, and a loader with persistent workers keeps them).
     """
 
     def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
                          seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = max(0, int(start))
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         seed, epoch = self.seed, self.epoch
-        for index in super().__iter__():
-            yield index, mix_seed(seed, epoch, index)
+        for i, index in enumerate(super().__iter__()):
+            if i >= self.start:
+                yield index, mix_seed(seed, epoch, index)
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
 
 
 class ExactDistributedSampler(Sampler):

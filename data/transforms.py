@@ -1,7 +1,7 @@
 """Image transforms.
 
 Evaluation follows the protocol the released FLatten numbers were measured
-with (SPEC section 3): the *whole* image is resized to a square, so the aspect
+with (docs/model.md, section 3): the *whole* image is resized to a square, so the aspect
 ratio is not kept, then center-cropped. On PIL images torchvision's ``Resize``
 calls ``PIL.Image.resize``, which always filters over the full source support
 (antialiased); ``antialias`` only matters for tensor inputs, so the pipeline
@@ -11,17 +11,30 @@ Training uses timm's ``create_transform`` (RandomResizedCrop, flip,
 RandAugment / colour jitter, random erasing); for tiny images (<= 32 px, the
 demo) the random-resized crop is replaced by a padded random crop, as Swin's
 code does for CIFAR-sized inputs.
+
+Posterize with 0 bits. timm's RandAugment asks ``PIL.ImageOps.posterize`` for
+0 bits at the top of the magnitude range (``rand-...-inc1`` at magnitude 10,
+which ``mstd0.5`` noise reaches; the plain ``Posterize`` op below magnitude
+2.5). The Pillow the released recipe ran on had no range check and computed
+the bit mask ``~(2**8 - 1)``, which maps every value to 0: an all-black image.
+Pillow 13 raises ``ValueError`` instead. :func:`posterize` keeps the released
+behaviour (0 bits or fewer: all black, same size and mode) and
+:func:`build_train_transform` gives every posterize op of the policy this
+function, so every op runs at every magnitude with the pinned Pillow.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
+from PIL import Image, ImageOps
 from timm.data import create_transform
+from timm.data.auto_augment import AugmentOp, RandAugment
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-__all__ = ["build_eval_transform", "build_train_transform", "interp_mode", "SMALL_IMAGE_SIZE"]
+__all__ = ["build_eval_transform", "build_train_transform", "interp_mode", "posterize", "augment_ops",
+           "SMALL_IMAGE_SIZE"]
 
 # At or below this size images are treated like CIFAR: no random-resized crop in
 # training and no 256/224 crop margin in evaluation.
@@ -38,10 +51,36 @@ def interp_mode(name: str) -> InterpolationMode:
                          f"choose one of {choices}") from None
 
 
+def posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """Keep the ``bits_to_keep`` most significant bits of every channel (timm's op signature).
+
+    8 or more: the image unchanged; 0 or fewer: all black, as the released
+    recipe's Pillow produced (see the module docstring).
+    """
+    bits = int(bits_to_keep)
+    if bits >= 8:
+        return img
+    if bits <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return ImageOps.posterize(img, bits)
+
+
+def augment_ops(transform) -> Iterator[AugmentOp]:
+    """Every timm ``AugmentOp`` inside ``transform`` (a Compose tree holding a RandAugment)."""
+    pending = [transform]
+    while pending:
+        t = pending.pop()
+        if isinstance(t, RandAugment):
+            yield from t.ops
+        elif isinstance(t, AugmentOp):
+            yield t
+        pending.extend(getattr(t, "transforms", None) or [])
+
+
 def build_eval_transform(img_size: int, crop: bool, interpolation: str = "bicubic",
                          mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
                          std: Sequence[float] = IMAGENET_DEFAULT_STD) -> transforms.Compose:
-    """The evaluation transform of SPEC section 3.
+    """The evaluation transform of docs/model.md, section 3.
 
     Args:
         img_size: network input size (square).
@@ -97,6 +136,9 @@ def build_train_transform(img_size: int, color_jitter: Optional[float] = 0.4,
         mean=tuple(mean),
         std=tuple(std),
     )
+    for op in augment_ops(transform):
+        if op.name.startswith("Posterize"):
+            op.aug_fn = posterize
     if img_size <= SMALL_IMAGE_SIZE:
         # Tiny images: a random-resized crop would throw most of the image away.
         transform.transforms[0] = transforms.Compose([

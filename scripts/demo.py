@@ -3,13 +3,14 @@
 1. Writes scikit-learn's handwritten digits (1797 images, 10 classes) as an
    ImageFolder tree of 32x32 images under ``demo_data/`` (once).
 2. Trains ``configs/demo/demo.yaml`` (a 4-stage FLatten-PVTv2 with focused linear
-   attention in every stage) with ``torchrun --nproc_per_node=2`` (gloo, CPU).
-3. Evaluates the best checkpoint with ``main.py --eval`` and prints its accuracy
-   next to chance (10 %). Exits 1 unless the accuracy is far above chance.
+   attention in every stage) with ``main.py --nproc-per-node 2`` (2 processes, gloo, CPU).
+3. Evaluates the best checkpoint with ``main.py --eval`` (records in
+   ``output/demo/eval/default/<time>/``) and prints its accuracy next to chance
+   (10 %). Exits 1 unless the accuracy is far above chance.
 
-Run again to re-evaluate (training resumes from output/demo/ and finds it done);
-``make clean-demo`` starts over. Extra arguments go to the training command,
-e.g. ``python scripts/demo.py --epochs 4``.
+Run again to re-evaluate (training finds its run in output/demo/default done:
+a no-op); ``make clean-demo`` starts over. Extra arguments go to the training
+command, e.g. ``python -m scripts.demo --epochs 4``.
 """
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 CONFIG = os.path.join("configs", "demo", "demo.yaml")
 DATA = "demo_data"
@@ -49,14 +48,14 @@ def main(argv=None) -> int:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     common = ["--cfg", CONFIG, "--data-path", DATA, "--output", args.output]
     start = time.time()
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-          "main.py"] + common + extra, env)
+    _run([sys.executable, "main.py", "--nproc-per-node", str(args.nproc)] + common + extra, env)
     train_time = time.time() - start
 
     out = os.path.join(ROOT, args.output, "demo", "default")
     best = os.path.join(out, "best.pth")
-    _run([sys.executable, "main.py"] + common + ["--eval", "--resume", best, "--tag", "default_eval"], env)
-    with open(os.path.join(ROOT, args.output, "demo", "default_eval", "eval.json")) as f:
+    _run([sys.executable, "main.py"] + common + ["--eval", "--resume", best], env)
+    records = os.path.join(ROOT, args.output, "demo", "eval", "default")
+    with open(os.path.join(records, sorted(os.listdir(records))[-1], "eval.json")) as f:
         result = json.load(f)
 
     acc1 = result["acc1"]

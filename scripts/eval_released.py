@@ -1,8 +1,9 @@
 """Evaluate the released FLatten checkpoints you have and compare with the published accuracy.
 
 For every checkpoint found, runs ``main.py --eval`` in a subprocess (one
-process, or ``torchrun`` with ``--nproc``) with the model's config
-``configs/<name>.yaml``, reads the run's ``eval.json`` and prints measured vs
+process, or ``--nproc`` processes through main.py's launcher) with the model's
+config ``configs/<name>.yaml``, reads the ``eval.json`` of that evaluation's own
+record folder (``OUTPUT/<name>/eval/released/<time>/``) and prints measured vs
 published Acc@1 / Acc@5 (:mod:`scripts.core.paper`; docs/model.md, section 3):
 the official evaluation logs of the four T/B0 models (three decimals, Acc@5
 too), the README / paper Table 8 top-1 for the others. Checkpoints of other
@@ -77,11 +78,10 @@ def find_checkpoints(ckpt_dir: Optional[str], pairs: List[str], names: List[str]
 
 def eval_command(name: str, ckpt: str, args: argparse.Namespace, extra: List[str]) -> List[str]:
     cfg = os.path.join("configs", name + ".yaml")
-    launcher = [sys.executable]
-    if args.nproc > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}"]
-    cmd = launcher + ["main.py", "--cfg", cfg, "--eval", "--resume", os.path.abspath(ckpt),
-                      "--data-path", args.data_path, "--output", args.output, "--tag", TAG]
+    cmd = [sys.executable, "main.py"] + (["--nproc-per-node", str(args.nproc)] if args.nproc > 1 else [])
+    cmd += ["--cfg", cfg, "--eval", "--resume", os.path.abspath(ckpt), "--data-path", args.data_path,
+            "--output", args.output, "--tag", TAG,
+            "--num-classes", "1000"]   # released files are ImageNet-1k models, whatever the folders
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
     if args.num_workers is not None:
@@ -89,9 +89,13 @@ def eval_command(name: str, ckpt: str, args: argparse.Namespace, extra: List[str
     return cmd + extra
 
 
-def eval_json_path(name: str, output: str) -> str:
-    """Where main.py writes eval.json: OUTPUT/<config name>/TAG/eval.json."""
-    return os.path.join(os.path.abspath(output), name, TAG, "eval.json")
+def eval_records_dir(name: str, output: str) -> str:
+    """Where main.py --eval makes one folder per evaluation: OUTPUT/<config name>/eval/TAG/<time>/."""
+    return os.path.join(os.path.abspath(output), name, "eval", TAG)
+
+
+def _record_folders(root: str) -> set:
+    return set(os.listdir(root)) if os.path.isdir(root) else set()
 
 
 def run_one(name: str, ckpt: str, args: argparse.Namespace, extra: List[str]) -> dict:
@@ -103,17 +107,18 @@ def run_one(name: str, ckpt: str, args: argparse.Namespace, extra: List[str]) ->
         print(" ".join(cmd))
         row["status"] = "dry-run"
         return row
-    out_json = eval_json_path(name, args.output)
-    if os.path.exists(out_json):
-        os.remove(out_json)                      # never report a previous run's numbers
-    log_path = os.path.join(os.path.dirname(out_json), "eval_released.log")
-    os.makedirs(os.path.dirname(out_json), exist_ok=True)
+    records = eval_records_dir(name, args.output)
+    earlier = _record_folders(records)           # never report a previous evaluation's numbers
+    log_path = os.path.join(records, "eval_released.log")
+    os.makedirs(records, exist_ok=True)
     print(f"[{name}] {' '.join(cmd)}", flush=True)
     t0 = time.time()
     with open(log_path, "w") as log:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     row["seconds"] = round(time.time() - t0, 1)
     row["log"] = log_path
+    new = sorted(f for f in _record_folders(records) - earlier if os.path.isdir(os.path.join(records, f)))
+    out_json = os.path.join(records, new[-1], "eval.json") if new else ""
     if proc.returncode != 0 or not os.path.exists(out_json):
         with open(log_path) as f:
             tail = f.read().strip().splitlines()[-5:]
@@ -158,11 +163,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="one checkpoint for configs/NAME.yaml; repeatable")
     parser.add_argument("--data-path", help="ImageNet root with val/ (ImageFolder layout)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="evaluate only these config names")
-    parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun) (default 1)")
+    parser.add_argument("--nproc", type=int, default=1, help="processes per run (main.py --nproc-per-node; default 1)")
     parser.add_argument("--batch-size", type=int, help="images per process (main.py --batch-size)")
     parser.add_argument("--num-workers", type=int, help="loader workers per process")
     parser.add_argument("--output", default=os.path.join("output", "released"),
-                        help="main.py output root (eval.json in OUTPUT/<name>/%s/)" % TAG)
+                        help="main.py output root (eval.json in OUTPUT/<name>/eval/%s/<time>/)" % TAG)
     parser.add_argument("--tol", type=float, default=0.1, help="accepted |measured - published| in %% (default 0.1)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows to this JSON file")
     parser.add_argument("--dry-run", action="store_true", help="print the main.py commands only")

@@ -43,7 +43,8 @@ def test_config_loads_and_builds(path):
         size = cfg.DATA.IMG_SIZE
         with torch.no_grad():
             out = model(torch.randn(1, 3, size, size))
-        assert out.shape == (1, cfg.MODEL.NUM_CLASSES)
+        assert cfg.MODEL.NUM_CLASSES is None          # automatic: training and evaluation count the class folders
+        assert out.shape == (1, 1000)                 # built without data: the registered default
     else:
         with torch.device("meta"):
             model = models.build_model(cfg)
@@ -85,6 +86,35 @@ def test_release_recipe():
             assert c.TRAIN.EPOCHS - c.TRAIN.COOLDOWN_EPOCHS == 300 and c.TRAIN.BASE_LR == 5e-4
             assert not c.TRAIN.EMA.ENABLE or "cswin" in name
     assert _cfg("flatten_pvt_t").TRAIN.WARMUP_EPOCHS == 5 and _cfg("flatten_swin_t").TRAIN.WARMUP_EPOCHS == 20
+
+
+def test_new_keys_are_validated():
+    for opts, match in ((["MODEL.NUM_CLASSES", "-1"], "MODEL.NUM_CLASSES must be"),
+                        (["MODEL.NUM_CLASSES", "'ten'"], "MODEL.NUM_CLASSES must be"),
+                        (["TRAIN.WEIGHT_DECAY_GROUPS", "none"], "TRAIN.WEIGHT_DECAY_GROUPS must be one of"),
+                        (["DATA.WORKER_START_METHOD", "vfork"], "DATA.WORKER_START_METHOD must be one of"),
+                        (["SAVE_KEEP", "-1"], "SAVE_KEEP must be >= 0"),
+                        (["WATCHDOG_TIMEOUT", "-5"], "WATCHDOG_TIMEOUT must be >= 0"),
+                        (["TAG", "a/b"], "TAG must be a plain folder name")):
+        with pytest.raises(config.ConfigError, match=match):
+            config.load_config(None, opts)
+    assert config.load_config(None, ["MODEL.NUM_CLASSES", "10"]).MODEL.NUM_CLASSES == 10
+
+
+def test_saved_config_round_trips_and_derived_values_stay_out():
+    import argparse
+    args = argparse.Namespace(cfg=os.path.join(CONFIG_DIR, "flatten_pvt_t.yaml"), opts=None, batch_size=64,
+                              data_path="/data", epochs=None, eval=False, throughput=False)
+    cfg = config.get_config(args)
+    assert cfg.NAME == "flatten_pvt_t" and cfg.TRAIN.BASE_LR == 5e-4
+    again = config.load_config(None)
+    again.defrost()
+    again.merge_from_other_cfg(config.CN(__import__("yaml").safe_load(cfg.dump())))
+    assert again.dump() == cfg.dump()                 # config.yaml loads back to the same config
+    eff = config.finalize(cfg, world_size=8)
+    assert eff.TRAIN.BASE_LR == pytest.approx(5e-4 * 64 * 8 / 512) and cfg.TRAIN.BASE_LR == 5e-4
+    derived = config.derived_values(cfg, 8)
+    assert derived["global_batch"] == 512 and derived["lr"] == pytest.approx(eff.TRAIN.BASE_LR)
 
 
 def test_baseline_architectures():

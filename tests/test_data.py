@@ -1,24 +1,24 @@
-"""Data side: eval transform of SPEC section 3, layout checks, samplers, demo data, helpers."""
+"""Data side: layout checks, labels, unreadable images, samplers, loaders and workers, demo data."""
 import json
-import logging
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader
-from torchvision import transforms
 
 from config import load_config
 from data import build_loader, build_mixup
 from data.datasets import (DataError, ExactDistributedSampler, ImageFolderDataset, SeededTrainSampler,
                            build_dataset, check_image_folder, check_same_classes, pil_rgb_loader,
-                           write_demo_dataset)
+                           resolve_classes, write_demo_dataset)
 from data.transforms import build_eval_transform, build_train_transform
-from utils import distributed as du
-from utils.logging import JsonLogger, TensorboardWriter, create_logger
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -40,60 +40,6 @@ def make_split(root, split, classes=None, size=(20, 14)):
 
 def cfg(*opts):
     return load_config(None, list(opts))
-
-
-def expected_eval(img, resize_to, crop):
-    """SPEC 3, computed without torchvision: square PIL bicubic resize, numpy center crop."""
-    arr = np.asarray(img.resize((resize_to, resize_to), Image.BICUBIC))
-    top = int(round((resize_to - crop) / 2.0))
-    arr = arr[top:top + crop, top:top + crop]
-    x = arr.astype(np.float32) / np.float32(255)
-    x = (x - np.asarray(IMAGENET_DEFAULT_MEAN, np.float32)) / np.asarray(IMAGENET_DEFAULT_STD, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-
-
-# ----------------------------------------------------------------------------- eval transform
-def test_eval_transform_crop_224_matches_spec_on_non_square_image():
-    img = random_image(300, 200, seed=1)  # wider than tall: down-sampled in x, up-sampled in y
-    got = build_eval_transform(224, crop=True)(img)
-    want = expected_eval(img, 256, 224)
-    assert got.shape == want.shape == (3, 224, 224)
-    assert torch.allclose(got, want, atol=1e-6, rtol=0)
-
-    # A short-side resize (aspect kept) gives other pixels: the comparison above can fail.
-    short_side = transforms.Compose([
-        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(224), transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])(img)
-    assert short_side.shape == want.shape
-    assert (short_side - want).abs().max() > 0.1
-    # So does another interpolation.
-    bilinear = build_eval_transform(224, crop=True, interpolation="bilinear")(img)
-    assert (bilinear - want).abs().max() > 0.1
-
-
-def test_eval_transform_no_crop_384_matches_spec_on_non_square_image():
-    img = random_image(500, 330, seed=2)
-    got = build_eval_transform(384, crop=False)(img)
-    want = expected_eval(img, 384, 384)
-    assert got.shape == (3, 384, 384)
-    assert torch.allclose(got, want, atol=1e-6, rtol=0)
-
-
-def test_eval_transform_unknown_interpolation():
-    with pytest.raises(ValueError, match="DATA.INTERPOLATION"):
-        build_eval_transform(224, True, interpolation="cubic-ish")
-
-
-def test_train_transform_shapes():
-    img = random_image(40, 30)
-    for size in (32, 48):
-        tf = build_train_transform(size, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25,
-                                   remode="pixel", recount=1, interpolation="bicubic")
-        assert tf(img).shape == (3, size, size)
-    tf = build_train_transform(32, color_jitter=0.0, auto_augment="none", reprob=0.0, remode="pixel",
-                               recount=1, interpolation="bicubic", hflip=0.0)
-    assert tf(img).shape == (3, 32, 32)
 
 
 # ----------------------------------------------------------------------------- layout checks
@@ -174,16 +120,110 @@ def test_corrupt_image_names_the_file(tmp_path, kind):
 
 
 def test_corrupt_image_in_worker_is_one_line_data_error(tmp_path):
+    from data import _worker_context
     root = make_split(tmp_path, "val", {"cat": 1})
     bad = tmp_path / "val" / "cat" / "zz_bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     ds = build_dataset(False, root, build_eval_transform(32, True))
-    loader = DataLoader(ds, batch_size=2, num_workers=1)
+    loader = DataLoader(ds, batch_size=2, num_workers=1, multiprocessing_context=_worker_context("forkserver"))
     with pytest.raises(DataError) as e:
         list(loader)
     msg = str(e.value)
     assert "\n" not in msg and str(bad) in msg and msg.startswith("unreadable image")
     assert "Traceback" in e.value.worker_traceback
+
+
+def _with_bad_training_file(tmp_path, kind="garbage"):
+    root = make_split(tmp_path, "train", {"cat": 3, "dog": 3})
+    bad = tmp_path / "train" / "cat" / "1.png"
+    if kind == "garbage":
+        bad.write_bytes(b"not an image")
+    else:
+        good = bad.read_bytes()
+        bad.write_bytes(good[: len(good) // 2])
+    return root, str(bad)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_unreadable_training_image_is_replaced_deterministically(tmp_path, kind):
+    root, bad = _with_bad_training_file(tmp_path, kind)
+    ds = build_dataset(True, root, build_eval_transform(16, True))
+    index = [p for p, _ in ds.samples].index(bad)
+    x1, y1, note1 = ds[(index, 12345)]
+    x2, y2, note2 = ds[(index, 12345)]
+    assert torch.equal(x1, x2) and y1 == y2 and note1 == note2            # the same replacement every time
+    assert note1.startswith(bad + ": ") and "\n" not in note1
+    _, _, note3 = ds[(index, 777)]
+    assert note3.startswith(bad)
+    x0, y0, note0 = ds[(0, 12345)]
+    assert note0 == ""                                                    # a good file: nothing to report
+    with pytest.raises(DataError, match="unreadable image " + bad):      # evaluation never replaces
+        ds[index]
+    strict = ImageFolderDataset(os.path.join(root, "train"), build_eval_transform(16, True))
+    with pytest.raises(DataError):
+        strict[(index, 12345)]
+
+
+def test_all_training_images_unreadable_gives_up(tmp_path):
+    root = make_split(tmp_path, "train", {"cat": 1})
+    (tmp_path / "train" / "cat" / "0.png").write_bytes(b"nope")
+    ds = build_dataset(True, root, None)
+    with pytest.raises(DataError, match="16 unreadable training images in a row"):
+        ds[(0, 1)]
+
+
+def test_storage_forms_load_as_rgb(tmp_path):
+    img = random_image(12, 10, seed=3)
+    forms = {
+        "cmyk.jpg": lambda p: img.convert("CMYK").save(p, "JPEG"),
+        "grey.JPEG": lambda p: img.convert("L").save(p, "JPEG"),
+        "progressive.jpeg": lambda p: img.save(p, "JPEG", progressive=True),
+        "rgba.PNG": lambda p: img.convert("RGBA").save(p),
+        "palette.png": lambda p: img.convert("P", palette=Image.ADAPTIVE).save(p, transparency=0),
+        "grey16.png": lambda p: Image.fromarray((np.asarray(img.convert("L")).astype(np.uint16) * 257)).save(p),
+    }
+    import warnings
+    for name, write in forms.items():
+        path = str(tmp_path / name)
+        write(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")               # no conversion warnings from Pillow either
+            out = pil_rgb_loader(path)
+        assert out.mode == "RGB" and out.size == (12, 10), name
+
+
+# ----------------------------------------------------------------------------- labels
+def test_resolve_classes_rules():
+    info = resolve_classes(["cat", "dog", "emu"], None, "/d/train")
+    assert (info.num_classes, info.order, info.note) == (3, "folders", None)
+    assert info.class_to_idx == {"cat": 0, "dog": 1, "emu": 2}
+    assert resolve_classes(["cat", "dog", "emu"], 0, "/d/train").num_classes == 3
+    with pytest.raises(DataError, match=r"^/d/train has 3 class folders but MODEL.NUM_CLASSES is 2; "
+                                        r"use --num-classes 3"):
+        resolve_classes(["cat", "dog", "emu"], 2, "/d/train")
+    larger = resolve_classes(["cat", "dog", "emu"], 5, "/d/train")
+    assert larger.num_classes == 5 and "2 outputs will never be a target" in larger.note
+
+    wnids = ["n01440764", "n01443537", "n02123045"]         # tench, goldfish, tabby cat
+    auto = resolve_classes(wnids, None, "/d/val")
+    assert (auto.num_classes, auto.order) == (1000, "imagenet")
+    assert auto.class_to_idx == {"n01440764": 0, "n01443537": 1, "n02123045": 281}
+    assert "--num-classes 3" in auto.note
+    explicit = resolve_classes(wnids, 1000, "/d/val")
+    assert explicit.class_to_idx == auto.class_to_idx and explicit.note is None
+    small = resolve_classes(wnids, 3, "/d/val")            # a 3-way head: folder order
+    assert small.order == "folders" and small.class_to_idx["n02123045"] == 2
+    unknown = resolve_classes(["n01440764", "n99999999"], None, "/d/val")   # not all ImageNet-1k wnids
+    assert unknown.order == "folders" and unknown.num_classes == 2
+
+
+def test_imagenet_subset_evaluates_with_imagenet_labels(tmp_path):
+    root = make_split(tmp_path, "val", {"n02123045": 2, "n01440764": 1})
+    bundle = build_loader(cfg("DATA.DATA_PATH", root, "DATA.IMG_SIZE", 16, "DATA.BATCH_SIZE", 4,
+                              "DATA.NUM_WORKERS", 0), eval_only=True)
+    assert bundle.num_classes == 1000 and bundle.label_order == "imagenet"
+    _, targets = next(iter(bundle.loader_val))
+    assert sorted(targets.tolist()) == [0, 281, 281]
 
 
 # ----------------------------------------------------------------------------- samplers
@@ -202,16 +242,18 @@ def test_train_order_and_augmentation_depend_only_on_seed_and_epoch(tmp_path):
     root = make_split(tmp_path, "train", {"a": 4, "b": 4}, size=(24, 24))
     tf = build_train_transform(16, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", reprob=0.5,
                                remode="pixel", recount=1, interpolation="bicubic")
-    ds = ImageFolderDataset(os.path.join(root, "train"), transform=tf)
+    ds = ImageFolderDataset(os.path.join(root, "train"), transform=tf, replace_bad=True)
 
-    def epoch_batches(loader, epoch):
-        loader.sampler.set_epoch(epoch)
-        return [(x.clone(), y.clone()) for x, y in loader]
+    def epoch_batches(loader, epoch, start=0):
+        loader.sampler.set_epoch(epoch, start=start)
+        return [(x.clone(), y.clone()) for x, y, bad in loader]
 
     def loader(workers):
-        return DataLoader(ds, batch_size=4, sampler=SeededTrainSampler(ds, seed=3), drop_last=True,
+        from data import _worker_context
+        extra = dict(multiprocessing_context=_worker_context("forkserver")) if workers else {}
+        return DataLoader(ds, batch_size=2, sampler=SeededTrainSampler(ds, seed=3), drop_last=True,
                           num_workers=workers, persistent_workers=workers > 0,
-                          generator=torch.Generator().manual_seed(0))
+                          generator=torch.Generator().manual_seed(0), **extra)
 
     rng_before = torch.get_rng_state()
     single = loader(0)
@@ -225,10 +267,29 @@ def test_train_order_and_augmentation_depend_only_on_seed_and_epoch(tmp_path):
     workers = loader(2)                              # persistent workers, after epoch 0
     epoch_batches(workers, 0)
     from_workers = epoch_batches(workers, 1)
-    for ref, other in ((e1, resumed), (e1, from_workers)):
-        assert len(ref) == len(other) == 2
+    skipped = epoch_batches(workers, 1, start=4)     # resumed after 2 batches, same persistent workers
+    for ref, other in ((e1, resumed), (e1, from_workers), (e1[2:], skipped)):
+        assert len(ref) == len(other) and len(other) in (2, 4)
         for (xa, ya), (xb, yb) in zip(ref, other):
             assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
+def test_loader_workers_ignore_stop_signals(tmp_path):
+    """SIGTERM / SIGINT sent to a whole process group must not kill the rank's loader workers."""
+    root = make_split(tmp_path, "val", {"a": 6, "b": 6})
+    c = cfg("DATA.DATA_PATH", root, "DATA.IMG_SIZE", 16, "DATA.BATCH_SIZE", 2, "DATA.NUM_WORKERS", 2)
+    loader = build_loader(c, eval_only=True).loader_val
+    it = iter(loader)
+    first = [next(it), next(it)]       # one batch from each worker: both have run their init
+    pids = [w.pid for w in it._workers]
+    assert len(pids) == 2
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+    rest = list(it)
+    assert len(rest) == 4 and first[0][0].shape == (2, 3, 16, 16)
+    assert all(w.is_alive() for w in it._workers)
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
 
 
 def test_seeded_sampler_shards_like_distributed_sampler(tmp_path):
@@ -268,27 +329,27 @@ def test_write_demo_dataset(tmp_path):
 def test_build_loader_tiny_folder(tmp_path):
     make_split(tmp_path, "train", {"a": 4, "b": 4})
     make_split(tmp_path, "val", {"a": 2, "b": 1})
-    c = cfg("DATA.DATA_PATH", str(tmp_path), "DATA.IMG_SIZE", 32, "DATA.BATCH_SIZE", 2,
-            "DATA.NUM_WORKERS", 0, "MODEL.NUM_CLASSES", 2)
-    ds_train, ds_val, lt, lv, mixup = build_loader(c)
-    assert (len(ds_train), len(ds_val), len(lt), len(lv)) == (8, 3, 4, 2)
-    assert mixup is not None and mixup.num_classes == 2
-    lt.sampler.set_epoch(0)
-    x, y = next(iter(lt))
-    assert x.shape == (2, 3, 32, 32)
-    mixed_x, soft_y = mixup(x, y)
+    c = cfg("DATA.DATA_PATH", str(tmp_path), "DATA.IMG_SIZE", 32, "DATA.BATCH_SIZE", 2, "DATA.NUM_WORKERS", 0)
+    b = build_loader(c)
+    assert (len(b.dataset_train), len(b.dataset_val), len(b.loader_train), len(b.loader_val)) == (8, 3, 4, 2)
+    assert b.num_classes == 2 and b.notes == []                      # one output per class folder
+    assert b.mixup_fn is not None and b.mixup_fn.num_classes == 2
+    b.loader_train.sampler.set_epoch(0)
+    x, y, bad = next(iter(b.loader_train))
+    assert x.shape == (2, 3, 32, 32) and list(bad) == ["", ""]
+    mixed_x, soft_y = b.mixup_fn(x, y)
     assert soft_y.shape == (2, 2)
     # Rank 1 of 2 evaluates the odd one out exactly once.
-    _, _, _, lv1, _ = build_loader(c, rank=1, world_size=2)
-    assert len(lv1.sampler) == 1 and len(lv.sampler) == 3
+    b1 = build_loader(c, rank=1, world_size=2)
+    assert len(b1.loader_val.sampler) == 1 and len(b.loader_val.sampler) == 3
 
 
 def test_build_loader_eval_only_needs_no_train(tmp_path):
     make_split(tmp_path, "val", {"a": 1, "b": 1})
     c = cfg("DATA.DATA_PATH", str(tmp_path), "DATA.IMG_SIZE", 32, "DATA.BATCH_SIZE", 3,
             "DATA.NUM_WORKERS", 0, "MODEL.NUM_CLASSES", 2)
-    ds_train, ds_val, lt, lv, mixup = build_loader(c, eval_only=True)
-    assert ds_train is None and lt is None and mixup is None and len(ds_val) == 2
+    b = build_loader(c, eval_only=True)
+    assert b.dataset_train is None and b.loader_train is None and b.mixup_fn is None and len(b.dataset_val) == 2
     with pytest.raises(DataError, match="missing split"):
         build_loader(c)
 
@@ -299,7 +360,7 @@ def test_build_loader_user_errors(tmp_path):
     make_split(tmp_path, "train", {"a": 2, "b": 2, "c": 2})
     make_split(tmp_path, "val", {"a": 1, "b": 1, "c": 1})
     base = ["DATA.DATA_PATH", str(tmp_path), "DATA.IMG_SIZE", 32, "DATA.NUM_WORKERS", 0]
-    with pytest.raises(DataError, match="3 class folders but MODEL.NUM_CLASSES is 2"):
+    with pytest.raises(DataError, match="has 3 class folders but MODEL.NUM_CLASSES is 2"):
         build_loader(cfg(*base, "DATA.BATCH_SIZE", 2, "MODEL.NUM_CLASSES", 2))
     with pytest.raises(DataError, match=r"^DATA.BATCH_SIZE=3 is odd; Mixup/CutMix needs an even per-GPU"):
         build_loader(cfg(*base, "DATA.BATCH_SIZE", 3, "MODEL.NUM_CLASSES", 3))
@@ -311,75 +372,75 @@ def test_build_loader_user_errors(tmp_path):
 
 def test_build_mixup_odd_batch():
     with pytest.raises(DataError, match="DATA.BATCH_SIZE=5 is odd"):
-        build_mixup(cfg("DATA.BATCH_SIZE", 5))
-    assert build_mixup(cfg("DATA.BATCH_SIZE", 5, "AUG.MIXUP", 0.0, "AUG.CUTMIX", 0.0)) is None
+        build_mixup(cfg("DATA.BATCH_SIZE", 5), 10)
+    assert build_mixup(cfg("DATA.BATCH_SIZE", 5, "AUG.MIXUP", 0.0, "AUG.CUTMIX", 0.0), 10) is None
 
 
-# ----------------------------------------------------------------------------- utils
-def test_distributed_helpers_without_group(monkeypatch):
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
-    rank, world, local, device = du.init_distributed()
-    assert (rank, world, local) == (0, 1, 0) and not du.is_dist()
-    assert du.get_rank() == 0 and du.get_world_size() == 1 and du.is_main_process()
-    du.barrier()
-    assert du.all_reduce_sum([3, 4.5]) == [3.0, 4.5]
-    assert du.all_reduce_sum(7) == 7.0
-    t = du.all_reduce_sum(torch.tensor([1, 2], dtype=torch.int32))
-    assert t.dtype == torch.float64 and t.tolist() == [1.0, 2.0]
-    du.cleanup()
+def test_exit_with_live_persistent_workers_does_not_hang(tmp_path):
+    """Workers ignore SIGTERM, which Python's exit handler uses to end daemon processes before waiting for
+    them: a script that leaves a loader with live workers must still exit (data.shutdown_workers runs first).
+    (``fork`` here only to skip the fork server's start-up; the exit path is the same for every method.)"""
+    root = make_split(tmp_path, "train", {"a": 4, "b": 4})
+    make_split(tmp_path, "val", {"a": 1, "b": 1})
+    script = tmp_path / "leave_workers.py"
+    script.write_text(
+        "import sys\n"
+        "from config import load_config\n"
+        "from data import build_loader\n"
+        "if __name__ == '__main__':\n"
+        "    cfg = load_config(None, ['DATA.DATA_PATH', sys.argv[1], 'DATA.IMG_SIZE', 16, 'DATA.BATCH_SIZE', 2,\n"
+        "                             'DATA.NUM_WORKERS', 1, 'DATA.WORKER_START_METHOD', 'fork',\n"
+        "                             'AUG.MIXUP', 0.0, 'AUG.CUTMIX', 0.0])\n"
+        "    loader = build_loader(cfg).loader_train\n"
+        "    loader.sampler.set_epoch(0)\n"
+        "    batches = iter(loader)\n"
+        "    next(batches)\n"
+        "    print(batches._workers[0].pid, flush=True)\n")
+    r = subprocess.run([sys.executable, str(script), root], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    worker = int(r.stdout.split()[0])
+    assert not os.path.exists(f"/proc/{worker}") or "Z" in open(f"/proc/{worker}/status").read().split()[3]
 
 
-def test_logging(tmp_path):
-    out = str(tmp_path)
-    logger = create_logger(out, rank=0)
-    create_logger(out, rank=0)  # a second call must not duplicate lines
-    logger.info("hello %d", 1)
-    for h in logging.getLogger().handlers:
-        h.flush()
-    text = open(os.path.join(out, "log_rank0.txt")).read()
-    assert text.count("hello 1") == 1
-
-    JsonLogger(out, rank=0).log({"epoch": 0, "loss": torch.tensor(1.5), "acc1": np.float64(50.0)})
-    JsonLogger(out, rank=1).log({"epoch": 0})
-    lines = open(os.path.join(out, "log.jsonl")).read().splitlines()
-    assert [json.loads(ln) for ln in lines] == [{"epoch": 0, "loss": 1.5, "acc1": 50.0}]
-
-    tb = TensorboardWriter(os.path.join(out, "tb"), rank=0)
-    tb.add_scalars({"loss": 1.0, "note": "x"}, step=0, prefix="train/")
-    tb.close()
-    assert not tb.enabled or os.listdir(os.path.join(out, "tb"))
-    assert not TensorboardWriter(os.path.join(out, "tb1"), rank=1).enabled
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, "_flatten_handler", False)]:
-        root.removeHandler(h)
-        h.close()
-
-
-def _two_rank_worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
-                      RANK=str(rank), LOCAL_RANK=str(rank))
-    torch.cuda.is_available = lambda: False  # this forked child tests the CPU (gloo) path
-    got_rank, world, _, device = du.init_distributed()
-    data = list(range(7))
-    seen = [float(i in set(ExactDistributedSampler(data, world, got_rank))) for i in data]
-    sums = du.all_reduce_sum(seen + [len(ExactDistributedSampler(data, world, got_rank))])
-    du.barrier()
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(dict(rank=got_rank, world=world, device=str(device), dist=du.is_dist(), sums=sums), f)
-    du.cleanup()
+def test_workers_end_with_a_killed_training_process(tmp_path):
+    """A worker forked by the fork server has the server as parent; it still ends when the process that
+    uses it is killed with SIGKILL (and the server with it), instead of lingering."""
+    root = make_split(tmp_path, "val", {"a": 4, "b": 4})
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from multiprocessing import forkserver\n"
+        "from config import load_config\n"
+        "from data import build_loader\n"
+        "if __name__ == '__main__':\n"
+        "    cfg = load_config(None, ['DATA.DATA_PATH', sys.argv[1], 'DATA.IMG_SIZE', 16, 'DATA.BATCH_SIZE', 2,\n"
+        "                             'DATA.NUM_WORKERS', 1])\n"
+        "    batches = iter(build_loader(cfg, eval_only=True).loader_val)\n"
+        "    next(batches)\n"
+        "    print(batches._workers[0].pid, forkserver._forkserver._forkserver_pid, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, str(script), root], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == -signal.SIGKILL
+    worker, server = (int(p) for p in r.stdout.split())
+    for pid in (worker, server):          # wait (bounded) for each to end: they are not our children
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        import select
+        ready, _, _ = select.select([fd], [], [], 60)
+        os.close(fd)
+        assert ready, f"process {pid} outlived the killed training process"
 
 
-def test_all_reduce_sum_two_gloo_processes(tmp_path):
-    import socket
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # fork: the children reuse the imported modules (spawn would import torch again, slowly)
-    mp.start_processes(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")
-    for rank in range(2):
-        res = json.load(open(tmp_path / f"rank{rank}.json"))
-        assert res["rank"] == rank and res["world"] == 2 and res["dist"] and res["device"] == "cpu"
-        assert res["sums"] == [1.0] * 7 + [7.0]       # each image counted once; 4 + 3 images
+def test_unknown_worker_start_method(tmp_path):
+    make_split(tmp_path, "val", {"a": 1})
+    c = cfg("DATA.DATA_PATH", str(tmp_path), "DATA.NUM_WORKERS", 1)
+    c.defrost()
+    c.DATA.WORKER_START_METHOD = "vfork"
+    with pytest.raises(DataError, match="DATA.WORKER_START_METHOD must be one of forkserver, spawn, fork"):
+        build_loader(c, eval_only=True)
+
+

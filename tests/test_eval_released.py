@@ -20,7 +20,7 @@ def test_dry_run_and_skips(tmp_path, capsys):
     assert main(["--ckpt-dir", str(tmp_path), "--dry-run", "--nproc", "2"]) == 0
     out = capsys.readouterr().out
     assert "--cfg configs/flatten_swin_t.yaml --eval --resume" in out
-    assert "configs/flatten_pvt_l.yaml" in out and "torch.distributed.run" in out
+    assert "configs/flatten_pvt_l.yaml" in out and "main.py --nproc-per-node 2" in out
     assert "skipped (no checkpoint file):" in out and "flatten_cswin_t" in out
 
 

@@ -13,7 +13,10 @@ Format (a plain dict, written with ``torch.save``)::
     max_accuracy   best validation Acc@1 so far (max_accuracy_ema for the EMA)
     rng            per-rank RNG states: list indexed by rank of {torch, numpy, python, cuda}
     world_size     number of processes that wrote ``rng``
-    config         the run's config as a YAML string
+    steps_per_epoch  optimizer steps per epoch of the run that wrote it
+    num_classes    classifier outputs (resolved from the class folders when MODEL.NUM_CLASSES is 0)
+    started_from   {'resume': path, 'pretrained': path} the run was first started with ('' when unused)
+    config         the run's config, as the user gave it, as a YAML string
     version        format version
 
 Released checkpoints (Swin-style pickles whose ``config`` is a yacs ``CfgNode``
@@ -29,8 +32,9 @@ import logging
 import os
 import random
 import re
+import shutil
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,13 +45,14 @@ from models.layers.weights import (CheckpointError, checkpoint_filter_fn, is_ign
                                    unwrap_state_dict)
 
 __all__ = [
-    "CheckpointError", "safe_load", "save_checkpoint", "publish", "auto_resume", "load_model_state",
-    "load_pretrained", "get_rng_state", "set_rng_state", "CHECKPOINT_VERSION",
+    "CheckpointError", "safe_load", "atomic_write", "save_checkpoint", "publish", "auto_resume",
+    "load_model_state", "load_pretrained", "get_rng_state", "set_rng_state", "prune_numbered",
+    "numbered_checkpoints", "disk_usage", "CHECKPOINT_VERSION",
 ]
 
 _logger = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 _MAX_LISTED = 10  # mismatched keys named in an error message before "... and N more"
 
 
@@ -69,27 +74,52 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str, state: Mapping[str, Any]) -> str:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``.
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)   # no procfs: the classic set-and-restore (a short window for other threads)
+    os.umask(mask)
+    return mask
 
-    A crash or a full disk leaves the previous ``path`` untouched (and at most a
-    ``.<name>.*.tmp`` file, which :func:`auto_resume` ignores).
+
+def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True, sync: bool = True) -> str:
+    """Write ``path`` atomically: ``write(f)`` into a temp file of the same folder, then ``os.replace``.
+
+    The file gets the permissions a plain ``open(path, 'w')`` would give (``0o666``
+    minus the umask), not the ``0o600`` of ``tempfile.mkstemp``. A crash or a
+    full disk leaves the previous ``path`` untouched and no temp file behind
+    (unless the process is killed outright: then a ``.<name>.*.tmp`` remains,
+    which :func:`auto_resume` ignores).
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    _fsync_dir(folder)
+    if sync:
+        _fsync_dir(folder)
     return path
+
+
+def save_checkpoint(path: str, state: Mapping[str, Any]) -> str:
+    """``torch.save(state)`` to ``path`` through :func:`atomic_write` (creating the folder)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
 def publish(src: str, dst: str) -> str:
@@ -102,8 +132,8 @@ def publish(src: str, dst: str) -> str:
         try:
             os.link(src, tmp)
         except OSError:  # no hard links on this file system
-            import shutil
             shutil.copyfile(src, tmp)
+            shutil.copymode(src, tmp)
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
@@ -111,6 +141,49 @@ def publish(src: str, dst: str) -> str:
         raise
     _fsync_dir(folder)
     return dst
+
+
+_NUMBERED_RE = re.compile(r"^ckpt_epoch_(\d+)\.pth$")
+
+
+def numbered_checkpoints(folder: str) -> List[Tuple[int, str]]:
+    """``[(epoch, path)]`` of the ``ckpt_epoch_<e>.pth`` files of ``folder``, oldest epoch first."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        m = _NUMBERED_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(folder, name)))
+    return sorted(found)
+
+
+def prune_numbered(folder: str, keep: int) -> List[str]:
+    """Delete all but the ``keep`` newest numbered checkpoints; return the deleted paths.
+
+    ``last.pth``, ``best.pth`` and ``best_ema.pth`` are never touched (they are
+    separate names; a hard link shared with a deleted file keeps its data).
+    """
+    numbered = numbered_checkpoints(folder)
+    doomed = numbered[:max(0, len(numbered) - max(0, int(keep)))]
+    for _, path in doomed:
+        os.remove(path)
+    return [p for _, p in doomed]
+
+
+def disk_usage(folder: str, pattern: str = r".*\.pth$") -> int:
+    """Bytes used by the files of ``folder`` matching ``pattern``; hard links count once."""
+    seen, total = set(), 0
+    if not os.path.isdir(folder):
+        return 0
+    for name in os.listdir(folder):
+        if not re.match(pattern, name):
+            continue
+        st = os.stat(os.path.join(folder, name))
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
 
 
 # ----------------------------------------------------------------------------- resume
@@ -196,7 +269,13 @@ def load_model_state(model: torch.nn.Module, state: Mapping[str, Any], source: s
     missing, unexpected, shapes = _mismatch(model, sd)
     if missing or unexpected or shapes:
         name = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
-        raise CheckpointError(f"{source} does not fit {name}: " + _describe(missing, unexpected, shapes))
+        hint = ""
+        head = sd.get("head.weight")
+        target = model.state_dict().get("head.weight")
+        if torch.is_tensor(head) and torch.is_tensor(target) and head.shape[0] != target.shape[0]:
+            hint = (f"; its classifier has {head.shape[0]} classes, this model {target.shape[0]}: "
+                    f"pass --num-classes {head.shape[0]} if the class folders are a subset of its classes")
+        raise CheckpointError(f"{source} does not fit {name}: " + _describe(missing, unexpected, shapes) + hint)
     model.load_state_dict(sd, strict=False)
 
 

@@ -7,16 +7,17 @@ single process (rank 0 of 1) without touching ``torch.distributed``.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from numbers import Number
-from typing import Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "is_dist", "is_main_process", "get_rank", "get_world_size",
-           "barrier", "all_reduce_sum", "cleanup"]
+__all__ = ["init_distributed", "is_dist", "barrier", "all_reduce_sum", "broadcast_object", "gather_objects",
+           "cleanup"]
 
 _logger = logging.getLogger(__name__)
 
@@ -29,8 +30,12 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def init_distributed() -> Tuple[int, int, int, torch.device]:
+def init_distributed(timeout_s: Optional[float] = None) -> Tuple[int, int, int, torch.device]:
     """Join the torchrun job, if any.
+
+    Args:
+        timeout_s: how long a collective may wait for the other processes before
+            it fails (``init_process_group(timeout=...)``); None keeps PyTorch's default.
 
     Returns:
         ``(rank, world_size, local_rank, device)``; ``device`` is ``cuda:<local_rank>``
@@ -49,10 +54,13 @@ def init_distributed() -> Tuple[int, int, int, torch.device]:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not is_dist():
+        kwargs = {}
+        if timeout_s:
+            kwargs["timeout"] = datetime.timedelta(seconds=float(timeout_s))
         if device.type == "cuda":
-            dist.init_process_group(backend="nccl", device_id=device)
+            dist.init_process_group(backend="nccl", device_id=device, **kwargs)
         else:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend="gloo", **kwargs)
         _logger.info("process group: rank %d of %d (local rank %d), backend %s",
                      rank, world_size, local_rank, dist.get_backend())
     return rank, world_size, local_rank, device
@@ -61,18 +69,6 @@ def init_distributed() -> Tuple[int, int, int, torch.device]:
 def is_dist() -> bool:
     """True inside an initialised process group."""
     return dist.is_available() and dist.is_initialized()
-
-
-def get_rank() -> int:
-    return dist.get_rank() if is_dist() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
 
 
 def barrier() -> None:
@@ -113,6 +109,24 @@ def all_reduce_sum(values: Numbers) -> Numbers:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     out = t.cpu().tolist()
     return out[0] if scalar else out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (picklable objects; ``obj`` itself without a group)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> List[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` without a group)."""
+    if not is_dist():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def cleanup() -> None:

@@ -1,53 +1,93 @@
 """Logging: console + per-rank log files, one JSON line per epoch, TensorBoard scalars.
 
-``create_logger`` configures the *root* logger, so messages of every module
-(``logging.getLogger(__name__)``, timm's own) reach the same console and files;
-it returns the logger named ``name`` for the caller's messages.
+:func:`create_logger` configures the *root* logger, so messages of every module
+(``logging.getLogger(__name__)``, timm's own) reach the same console and files.
+It starts before the run's folder exists (nothing may be written before the
+inputs are validated): records are kept in memory until :func:`attach_log_file`
+names the folder, then written there first. The console (rank 0) shows INFO;
+the files also get the DEBUG records of the ``flatten.detail`` logger (the full
+config, per-file details), which stay off the console.
 """
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import math
 import numbers
 import os
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-__all__ = ["create_logger", "JsonLogger", "append_json_line", "TensorboardWriter", "LOG_FORMAT"]
+__all__ = ["create_logger", "attach_log_file", "close_log_handlers", "detail_logger", "JsonLogger",
+           "append_json_line", "TensorboardWriter", "LOG_FORMAT"]
 
 LOG_FORMAT = "[%(asctime)s %(name)s] %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 _TAG = "_flatten_handler"  # marks the handlers installed here, so a second call replaces them
+_DETAIL = "flatten.detail"
 
 
-def create_logger(output_dir: str, rank: int = 0, name: str = "flatten") -> logging.Logger:
-    """Rank 0 logs INFO to the console; every rank logs to ``output_dir/log_rank{rank}.txt``.
+def _tag(handler: logging.Handler, level: int) -> logging.Handler:
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt=DATE_FORMAT))
+    setattr(handler, _TAG, True)
+    return handler
 
-    Calling it again (another run in the same process) replaces the handlers
-    installed by the previous call instead of adding more.
-    """
-    os.makedirs(output_dir, exist_ok=True)
+
+def close_log_handlers() -> None:
+    """Remove and close the handlers installed by :func:`create_logger` / :func:`attach_log_file`."""
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, _TAG, False):
             root.removeHandler(h)
             h.close()
+
+
+def detail_logger() -> logging.Logger:
+    """Logger for details that belong in the log file only (emit them at DEBUG)."""
+    log = logging.getLogger(_DETAIL)
+    log.setLevel(logging.DEBUG)
+    return log
+
+
+def create_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "flatten") -> logging.Logger:
+    """Rank 0 logs INFO to the console; records wait in memory for :func:`attach_log_file`.
+
+    With ``output_dir`` the file is attached at once. Calling it again (another
+    run in the same process) replaces the handlers of the previous call.
+    """
+    close_log_handlers()
+    root = logging.getLogger()
     root.setLevel(logging.INFO)
-    formatter = logging.Formatter(LOG_FORMAT, datefmt=DATE_FORMAT)
-
-    handlers = [logging.FileHandler(os.path.join(output_dir, f"log_rank{rank}.txt"), mode="a")]
     if rank == 0:
-        handlers.append(logging.StreamHandler(sys.stdout))
-    for h in handlers:
-        h.setLevel(logging.INFO)
-        h.setFormatter(formatter)
-        setattr(h, _TAG, True)
-        root.addHandler(h)
-
+        root.addHandler(_tag(logging.StreamHandler(sys.stdout), logging.INFO))
+    # capacity is large: the buffer only covers the start-up, before the folder exists
+    root.addHandler(_tag(logging.handlers.MemoryHandler(capacity=100000, flushLevel=logging.CRITICAL + 1),
+                         logging.DEBUG))
+    detail_logger()
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
+    if output_dir is not None:
+        attach_log_file(output_dir, rank)
     return logger
+
+
+def attach_log_file(output_dir: str, rank: int = 0) -> str:
+    """Log to ``output_dir/log_rank{rank}.txt`` (appending), starting with the records kept so far."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f"log_rank{rank}.txt")
+    root = logging.getLogger()
+    file_handler = _tag(logging.FileHandler(path, mode="a"), logging.DEBUG)
+    for h in list(root.handlers):
+        if getattr(h, _TAG, False) and isinstance(h, logging.handlers.MemoryHandler):
+            h.setTarget(file_handler)
+            h.flush()
+            root.removeHandler(h)
+            h.setTarget(None)
+            h.close()
+    root.addHandler(file_handler)
+    return path
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,55 +1,74 @@
-"""Optimizer: timm's ``create_optimizer_v2`` with the no-weight-decay rule of the recipe.
+"""Optimizer: timm's ``create_optimizer_v2`` over the weight-decay groups of the recipe.
 
-No weight decay on 1-d parameters (norms), biases and the names the model returns
-from ``no_weight_decay()`` (and ``no_weight_decay_keywords()`` when it has one).
-An entry matches a parameter by its full name, a glob pattern, or its last
-components (``'scale'`` matches ``layers.0.blocks.0.attn.scale``).
+Two groupings (``TRAIN.WEIGHT_DECAY_GROUPS``):
+
+``released`` (default): the official FLatten code's rule. No weight decay on
+    1-d parameters (norm weights, biases), names ending in ``.bias``, and the
+    names the released models' ``no_weight_decay()`` / ``no_weight_decay_keywords()``
+    returned: ``absolute_pos_embed`` and every ``relative_position_bias_table``
+    (Swin), ``cls_token`` (PVT, PVTv2, CSWin), ``pos_embed`` (CSWin; also DeiT,
+    whose FLatten variant has no released code: DeiT's own list, ``pos_embed``,
+    ``cls_token``, ``dist_token``). The lists named parameters the released
+    FLatten models mostly do not have, so the attention temperatures
+    (``scale``), the attention positional encodings (``positional_encoding``)
+    and PVT's ``pos_embed1..4`` **are decayed**, as in the official runs.
+
+``exempt_position``: a deviation from the release, this code's former default.
+    Additionally no decay on every ``scale``, ``positional_encoding``,
+    ``pos_embed*``, ``absolute_pos_embed``, ``relative_position_bias_table`` and
+    ``cls_token``. This changes training, not inference or checkpoint loading
+    (e.g. 8 more undecayed tensors for FLatten-Swin-T, 20 for FLatten-PVT-T).
 
 The groups are ``[decay, no_decay]`` in this order, the order of the official
-(Swin) code, so released optimizer states load into this optimizer.
+code, so released optimizer states load into this optimizer.
 """
 from __future__ import annotations
 
-import fnmatch
-from typing import Iterable, List, Sequence, Set
+from typing import List, Sequence
 
 import torch
 from timm.optim import create_optimizer_v2
 
-__all__ = ["no_weight_decay_names", "param_groups", "build_optimizer"]
+__all__ = ["WEIGHT_DECAY_GROUPS", "is_decay_exempt", "param_groups", "build_optimizer"]
+
+WEIGHT_DECAY_GROUPS = ("released", "exempt_position")
+
+# Exact parameter names the released models exempted, and substrings (keywords) they exempted.
+_RELEASED_NAMES = frozenset({"absolute_pos_embed", "cls_token", "dist_token", "pos_embed"})
+_RELEASED_KEYWORDS = ("relative_position_bias_table",)
+# The deviation: these last name components are exempt too (and any leaf starting with pos_embed).
+_POSITION_LEAVES = frozenset({"scale", "positional_encoding", "absolute_pos_embed",
+                              "relative_position_bias_table", "cls_token"})
 
 
-def no_weight_decay_names(model: torch.nn.Module) -> Set[str]:
-    names: Set[str] = set()
-    for attr in ("no_weight_decay", "no_weight_decay_keywords"):
-        fn = getattr(model, attr, None)
-        if callable(fn):
-            names |= set(fn())
-    return names
-
-
-def _skip(name: str, patterns: Iterable[str]) -> bool:
-    for p in patterns:
-        if name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) or ("." + p + ".") in ("." + name):
-            return True
+def is_decay_exempt(name: str, param: torch.Tensor, groups: str = "released") -> bool:
+    """True when parameter ``name`` gets no weight decay under grouping ``groups``."""
+    if groups not in WEIGHT_DECAY_GROUPS:
+        raise ValueError(f"TRAIN.WEIGHT_DECAY_GROUPS must be one of {', '.join(WEIGHT_DECAY_GROUPS)}, "
+                         f"got {groups!r}")
+    if param.ndim <= 1 or name.endswith(".bias"):
+        return True
+    if name in _RELEASED_NAMES or any(k in name for k in _RELEASED_KEYWORDS):
+        return True
+    if groups == "exempt_position":
+        leaf = name.rsplit(".", 1)[-1]
+        return leaf in _POSITION_LEAVES or leaf.startswith("pos_embed")
     return False
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, skip: Sequence[str] = ()) -> List[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, groups: str = "released") -> List[dict]:
     """``[{'params': decayed}, {'params': not decayed, 'weight_decay': 0.}]`` (frozen params left out)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or name.endswith(".bias") or _skip(name, skip):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (no_decay if is_decay_exempt(name, p, groups) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_optimizer(model: torch.nn.Module, name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.05,
-                    eps: float = 1e-8, betas: Sequence[float] = (0.9, 0.999), momentum: float = 0.9):
+                    eps: float = 1e-8, betas: Sequence[float] = (0.9, 0.999), momentum: float = 0.9,
+                    groups: str = "released"):
     """timm optimizer ``name`` over :func:`param_groups` of ``model``.
 
     Args:
@@ -58,8 +77,8 @@ def build_optimizer(model: torch.nn.Module, name: str = "adamw", lr: float = 1e-
         lr: initial learning rate (the scheduler overrides it from the first step).
         weight_decay: decay of the decayed group.
         eps, betas: Adam-family settings; momentum: SGD-family setting.
+        groups: ``'released'`` or ``'exempt_position'`` (see the module docstring).
     """
-    skip = sorted(no_weight_decay_names(model))
     kwargs = {}
     lower = name.lower()
     if "adam" in lower or "lamb" in lower or "lars" in lower:
@@ -67,4 +86,4 @@ def build_optimizer(model: torch.nn.Module, name: str = "adamw", lr: float = 1e-
     if "sgd" in lower or "momentum" in lower:
         kwargs.update(momentum=momentum)
     return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay,
-                               param_group_fn=lambda m: param_groups(m, weight_decay, skip), **kwargs)
+                               param_group_fn=lambda m: param_groups(m, weight_decay, groups), **kwargs)

@@ -1,0 +1,98 @@
+"""utils/training_state.py: the starting point (auto-resume > --resume > --pretrained, conflicts as one
+line), model-config errors before anything is written, the position a checkpoint records."""
+import os
+
+import pytest
+import torch
+
+import config
+from models import ModelConfigError
+from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.training_state import StartError, TrainingState, build_model_checked, find_start
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _training_ckpt(path, epoch=0, started_from=None, mid=None):
+    state = dict(model={}, optimizer={}, lr_scheduler={}, epoch=epoch, started_from=started_from or {})
+    if mid:
+        state["mid_epoch"] = mid
+    save_checkpoint(str(path), state)
+    return str(path)
+
+
+def test_precedence(tmp_path):
+    run = tmp_path / "run"
+    other = _training_ckpt(tmp_path / "other.pth", epoch=4)
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": {}}, weights)
+
+    assert find_start(str(run)).kind == "fresh"
+    start = find_start(str(run), pretrained=weights)
+    assert (start.kind, start.path, start.ckpt) == ("pretrained", weights, None)
+    assert start.started_from == {"resume": "", "pretrained": os.path.abspath(weights)}
+    start = find_start(str(run), resume=other)
+    assert start.kind == "resume" and start.ckpt["epoch"] == 4
+
+    # the run's own checkpoint wins, also over the flags it was started with (a rerun of the same command)
+    last = _training_ckpt(run / "last.pth", epoch=1, started_from={"resume": "", "pretrained": weights})
+    start = find_start(str(run), pretrained=weights)
+    assert (start.kind, start.path) == ("auto", last) and start.started_from["pretrained"] == weights
+    assert find_start(str(run), resume=last).kind == "auto"          # --resume of the very file: no conflict
+
+
+def test_conflicts_are_one_line_naming_both_and_the_way_out(tmp_path):
+    run = tmp_path / "run"
+    _training_ckpt(run / "last.pth", epoch=2)
+    weights = str(tmp_path / "w.pth")
+    torch.save({"model": {}}, weights)
+    with pytest.raises(StartError) as e:
+        find_start(str(run), pretrained=weights)
+    msg = str(e.value)
+    assert "\n" not in msg and str(run) in msg and weights in msg and "--pretrained" in msg
+    assert "add --tag <new name> to start a fresh run" in msg and "epoch 2" in msg
+    with pytest.raises(StartError, match="not started from --resume"):
+        find_start(str(run), resume=_training_ckpt(tmp_path / "x.pth"))
+    with pytest.raises(StartError, match="--resume .* and --pretrained .* both given"):
+        find_start(str(tmp_path / "new"), resume=weights, pretrained=weights)
+    with pytest.raises(StartError, match="TRAIN.AUTO_RESUME is False but .* already holds checkpoints"):
+        find_start(str(run), auto=False)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        find_start(str(tmp_path / "new"), pretrained=str(tmp_path / "missing.pth"))
+
+
+def test_finished_runs_are_recognised(tmp_path):
+    run = tmp_path / "run"
+    _training_ckpt(run / "last.pth", epoch=9)
+    assert find_start(str(run)).finished(10) and not find_start(str(run)).finished(11)
+    _training_ckpt(run / "last.pth", epoch=8, mid={"epoch": 9, "step": 3})
+    assert not find_start(str(run)).finished(10)
+
+
+@pytest.mark.parametrize("opts,match", [
+    (["DATA.IMG_SIZE", 225], "cannot take its input size .*DATA.IMG_SIZE 225.*divisible by patch size"),
+    (["DATA.IMG_SIZE", 160], "window"),
+    (["MODEL.LA.ATTN_TYPE", "LLS"], "MODEL.LA.ATTN_TYPE LLS"),
+])
+def test_model_config_errors_are_one_line(opts, match):
+    cfg = config.load_config(os.path.join(ROOT, "configs", "flatten_swin_t.yaml"),
+                             ["MODEL.DEPTHS", "[1,1,1,1]", "MODEL.EMBED_DIM", 24, "MODEL.NUM_HEADS", "[1,1,1,1]"]
+                             + opts)
+    with pytest.raises(ModelConfigError, match=match) as e:
+        build_model_checked(cfg, 10, torch.device("cpu"))
+    assert "\n" not in str(e.value)
+
+
+def test_checkpoint_records_its_position(tmp_path):
+    cfg = config.load_config(os.path.join(ROOT, "configs", "demo", "demo.yaml"),
+                             ["MODEL.EMBED_DIMS", "[8,8,8,8]", "MODEL.NUM_HEADS", "[1,1,1,1]"])
+    state = TrainingState.build(config.finalize(cfg, 1), num_classes=4, steps_per_epoch=5, device=torch.device("cpu"),
+                                amp_dtype=None, rank=0, world_size=1, config_yaml=cfg.dump())
+    state.prepare()
+    state.epoch, state.step = 3, 2
+    mid = state.state_dict(mid_epoch=True)
+    assert mid["epoch"] == 2 and mid["mid_epoch"] == {"epoch": 3, "step": 2} and mid["num_classes"] == 4
+    state.epoch, state.step = 4, 0                    # after finishing epoch 3
+    end = state.state_dict(mid_epoch=False)
+    assert end["epoch"] == 3 and "mid_epoch" not in end and end["config"] == cfg.dump()
+    assert state.model.head.out_features == 4 and len(end["rng"]) == 1
