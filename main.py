@@ -189,7 +189,7 @@ def run_eval(cfg, proc: Process) -> int:
         load_pretrained(model, path, logger)
     ema = None
     if ckpt is not None and cfg.TRAIN.EMA.ENABLE and isinstance(ckpt.get("model_ema"), dict):
-        ema = build_model_checked(cfg, data.num_classes, proc.device, probe=False)
+        ema = build_model_checked(cfg, data.num_classes, proc.device)
         load_model_state(ema, ckpt["model_ema"], path, what="model_ema")
     del ckpt
     folder = _record_dir(cfg, "eval", proc)          # inputs are valid: records from here on

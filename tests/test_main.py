@@ -309,7 +309,7 @@ def test_later_commands_leave_the_run_alone_and_errors_are_one_line(tiny, refere
         "too_few_classes": (a + ["--tag", "x", "--num-classes", "2"], "MODEL.NUM_CLASSES is 2"),
         "size_the_family_cannot_take": (swin + ["DATA.IMG_SIZE", "225"], "DATA.IMG_SIZE 225"),
         "attention_string_of_wrong_length": (a + ["--tag", "x", "--opts", "MODEL.LA.ATTN_TYPE", "LLS"],
-                                             "MODEL.LA.ATTN_TYPE LLS"),
+                                             "MODEL.LA.ATTN_TYPE 'LLS'"),
         "pretrained_conflicts_with_run": (a + ["--pretrained", weights], "add --tag <new name> to start a fresh"),
         "resume_and_pretrained": (a + ["--tag", "x", "--resume", ckpt, "--pretrained", weights], "both given"),
         "reserved_tag": (a + ["--tag", "eval"], "TAG 'eval' is reserved"),

@@ -69,18 +69,38 @@ def test_finished_runs_are_recognised(tmp_path):
     assert not find_start(str(run)).finished(10)
 
 
+SMALL_SWIN = ["MODEL.DEPTHS", "[1,1,1,1]", "MODEL.EMBED_DIM", 24, "MODEL.NUM_HEADS", "[1,1,1,1]"]
+
+
 @pytest.mark.parametrize("opts,match", [
-    (["DATA.IMG_SIZE", 225], "cannot take its input size .*DATA.IMG_SIZE 225.*divisible by patch size"),
-    (["DATA.IMG_SIZE", 160], "window"),
-    (["MODEL.LA.ATTN_TYPE", "LLS"], "MODEL.LA.ATTN_TYPE LLS"),
+    (["DATA.IMG_SIZE", 225], r"^DATA.IMG_SIZE 225: img_size 225x225 is not a multiple of the total stride 32"),
+    (["MODEL.LA.ATTN_TYPE", "LLS"], r"^MODEL.LA.ATTN_TYPE 'LLS': attn_type must have one letter L or S per stage"),
 ])
 def test_model_config_errors_are_one_line(opts, match):
-    cfg = config.load_config(os.path.join(ROOT, "configs", "flatten_swin_t.yaml"),
-                             ["MODEL.DEPTHS", "[1,1,1,1]", "MODEL.EMBED_DIM", 24, "MODEL.NUM_HEADS", "[1,1,1,1]"]
-                             + opts)
+    cfg = config.load_config(os.path.join(ROOT, "configs", "flatten_swin_t.yaml"), SMALL_SWIN + opts)
     with pytest.raises(ModelConfigError, match=match) as e:
         build_model_checked(cfg, 10, torch.device("cpu"))
     assert "\n" not in str(e.value)
+
+
+def test_sizes_off_the_window_grid_build_and_run():
+    """160 px: Swin's stage grids (40, 20, 10, 5) pad to their windows instead of failing."""
+    cfg = config.load_config(os.path.join(ROOT, "configs", "flatten_swin_t.yaml"), SMALL_SWIN + ["DATA.IMG_SIZE", 160])
+    model = build_model_checked(cfg, 10, torch.device("cpu")).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 160, 160)).shape == (1, 10)
+
+
+def test_a_constructor_bug_is_not_a_user_error(monkeypatch):
+    import timm
+    cfg = config.load_config(os.path.join(ROOT, "configs", "flatten_swin_t.yaml"), SMALL_SWIN)
+
+    def buggy(*args, **kwargs):
+        raise ValueError("an index went wrong inside the constructor")
+    monkeypatch.setattr(timm, "create_model", buggy)
+    with pytest.raises(ValueError, match="an index went wrong") as e:
+        build_model_checked(cfg, 10, torch.device("cpu"))
+    assert not isinstance(e.value, ModelConfigError)
 
 
 def test_checkpoint_records_its_position(tmp_path):

@@ -103,47 +103,17 @@ def numbered_or_last(folder: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- the model
-def build_model_checked(cfg, num_classes: int, device: torch.device, probe: bool = True) -> torch.nn.Module:
-    """``models.build_model(cfg, num_classes=...)`` on ``device``; config values it cannot take are
-    a ``ModelConfigError`` (one line) before anything is written.
+def build_model_checked(cfg, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """``models.build_model(cfg, num_classes=...)`` on ``device``.
 
-    With ``probe`` one zero image of ``DATA.IMG_SIZE`` goes through the model in
-    eval mode (no RNG drawn, nothing stored), so that a size the family cannot
-    take fails here rather than at the first training step. Only
-    ``AssertionError`` and ``ValueError`` raised while building or probing with
-    the config's values are converted (timm's patch-embed size assertion, a
-    window that does not tile a stage, an attention string of the wrong length).
+    Config values the model cannot take (an image size that is not a multiple of
+    the family's stride, an attention string of the wrong length, a key of
+    another family) raise ``models.ModelConfigError`` in one line that names
+    the key and the value, before anything is written; any other exception of
+    a constructor is a bug and propagates as such.
     """
     import models
-    from models.layers import InputSizeError
-
-    def settings() -> str:
-        return (f"MODEL.NAME {cfg.MODEL.NAME}, DATA.IMG_SIZE {cfg.DATA.IMG_SIZE}, "
-                f"MODEL.LA.ATTN_TYPE {cfg.MODEL.LA.ATTN_TYPE}")
-
-    try:
-        model = models.build_model(cfg, num_classes=num_classes)
-    except (models.ModelConfigError, InputSizeError):
-        raise
-    except (AssertionError, ValueError) as e:
-        raise models.ModelConfigError(f"cannot build the model of this config ({settings()}): "
-                                      f"{' '.join(str(e).split())}") from None
-    model.to(device)
-    if probe:
-        size = int(cfg.DATA.IMG_SIZE)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, 3, size, size, device=device))
-        except (models.ModelConfigError, InputSizeError):
-            raise
-        except (AssertionError, ValueError) as e:
-            raise models.ModelConfigError(f"the model of this config cannot take its input size ({settings()}): "
-                                          f"{' '.join(str(e).split())}") from None
-        finally:
-            model.train(was_training)
-    return model
+    return models.build_model(cfg, num_classes=num_classes).to(device)
 
 
 # ----------------------------------------------------------------------------- the state
