@@ -112,7 +112,8 @@ _C.TEST.CROP = True                       # square resize to IMG_SIZE/0.875 then
 
 # ----------------------------------------------------------------------------- misc
 _C.AMP = True                             # automatic mixed precision (on CUDA)
-_C.AMP_DTYPE = "bfloat16"                 # 'bfloat16' or 'float16'
+_C.AMP_DTYPE = "bfloat16"                 # 'bfloat16' or 'float16' (float16 adds a loss scaler)
+_C.AMP_CPU = False                        # autocast on the CPU too (CPUs with bf16/fp16 units; tests of the AMP path)
 _C.COMPILE = False                        # torch.compile the model
 _C.OUTPUT = "output"                      # root of the output folders (OUTPUT/NAME/TAG)
 _C.TAG = "default"                        # run tag

@@ -118,9 +118,12 @@ def _set_determinism(deterministic: bool) -> None:
 
 
 def _amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype: only on CUDA and only with AMP on; bfloat16 falls back to float16 on old GPUs."""
-    if not cfg.AMP or device.type != "cuda":
+    """Autocast dtype: with AMP on, on CUDA (and on the CPU with AMP_CPU); bfloat16 falls back to
+    float16 on GPUs without it. float16 trains with a loss scaler on either device."""
+    if not cfg.AMP or (device.type != "cuda" and not (device.type == "cpu" and cfg.AMP_CPU)):
         return None
+    if device.type == "cpu":
+        return torch.bfloat16 if cfg.AMP_DTYPE == "bfloat16" else torch.float16
     if cfg.AMP_DTYPE == "bfloat16":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16

@@ -163,6 +163,51 @@ def check_triton(ctx: Context) -> None:
                       OK if ok else FAIL, value="kernel used" if ok else "PyTorch path", detail=why))
 
 
+# ----------------------------------------------------------------------------- amp
+AMP_MODELS = ("flatten_deit_tiny_patch16_224", "flatten_pvt_tiny", "flatten_pvt_v2_b0", "flatten_swin_tiny_patch4_224",
+              "flatten_cswin_tiny_224")
+TINY = {"deit": dict(embed_dim=48, depth=2, num_heads=3),
+        "pvt": dict(embed_dims=(16, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)),
+        "pvt_v2": dict(embed_dims=(16, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)),
+        "swin": dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)),
+        "cswin": dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))}
+
+
+def check_amp(ctx: Context) -> None:
+    """One bfloat16 step and one float16 step with the loss scaler per family, through the engine's step unit."""
+    import timm
+
+    import models
+    from engine import StepUnit
+    batch = 2 if ctx.dry_run else 16
+    for name in AMP_MODELS:
+        family = models.family_of(name)
+        size = (48 if family == "deit" else 64) if ctx.dry_run else 224
+        kwargs = TINY[family] if ctx.dry_run else {}
+        for dtype in (torch.bfloat16, torch.float16):
+            label = f"{name} {str(dtype)[6:]}" + (" + loss scaler" if dtype == torch.float16 else "")
+            torch.manual_seed(0)
+            try:
+                model = timm.create_model(name, img_size=size, **kwargs).to(ctx.device).train()
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+                scaler = torch.amp.GradScaler(ctx.device.type) if dtype == torch.float16 else None
+                unit = StepUnit(model, torch.nn.CrossEntropyLoss(), opt, device=ctx.device, amp_dtype=dtype,
+                                scaler=scaler, clip_grad=5.0)
+                x = torch.randn(batch, 3, size, size, device=ctx.device)
+                y = torch.randint(0, 1000, (batch,), device=ctx.device)
+                results = [unit([(x, y)]) for _ in range(3)]   # a float16 scale may start too high: skips first
+                applied = [r for r in results if not r.skipped]
+            except Exception as e:
+                ctx.add(Check("amp", label, FAIL, detail=f"{type(e).__name__}: {cli.one_line(e)[:300]}", batch=batch))
+                continue
+            finite = bool(applied) and all(torch.isfinite(torch.tensor([r.loss, r.grad_norm])).all() for r in applied)
+            finite = finite and all(torch.isfinite(p).all() for p in model.parameters())
+            detail = (f"{len(results) - len(applied)} of 3 steps skipped by the scaler" if scaler is not None else "")
+            ctx.add(Check("amp", label, OK if finite else FAIL, batch=batch, detail=detail,
+                          value=(f"loss {applied[-1].loss:.3f}, grad norm {applied[-1].grad_norm:.3f}" if applied
+                                 else "every step skipped")))
+
+
 # ----------------------------------------------------------------------------- compile
 def check_compile(ctx: Context) -> None:
     """torch.compile(fullgraph=True) against eager at the built size and, with dynamic_img_size, a second size."""
@@ -416,7 +461,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 1 if failed else 0
 
 
-SECTION_FUNCS.update(env=check_env, triton=check_triton, compile=check_compile, inference=check_inference,
+SECTION_FUNCS.update(env=check_env, triton=check_triton, amp=check_amp, compile=check_compile, inference=check_inference,
                      training=check_training, op=check_op, scaling=check_scaling)
 
 

@@ -7,7 +7,6 @@ each run to seconds; most of the time is Python start-up, so independent command
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,101 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_runs import (BAD_NAME, TINY_YAML, VAL_PER_CLASS, _env, assert_same, check_ok, finish, one_error_line,
+                      read_json, read_jsonl, run, start, tree, write_image_folder)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAIN = os.path.join(ROOT, "main.py")
-
-TINY_YAML = """\
-DATA:
-  DATASET: imagenet
-  IMG_SIZE: 32
-  BATCH_SIZE: 4
-  NUM_WORKERS: 0
-  PIN_MEMORY: False
-MODEL:
-  NAME: flatten_pvt_v2_b0
-  EMBED_DIMS: [8, 16, 16, 16]
-  DEPTHS: [1, 1, 1, 1]
-  NUM_HEADS: [1, 1, 1, 1]
-  DROP_PATH_RATE: 0.1          # uses the global RNG: exact resume must restore it
-  LABEL_SMOOTHING: 0.1
-  LA:
-    ATTN_TYPE: LLLL
-TRAIN:
-  EPOCHS: 2
-  WARMUP_EPOCHS: 0
-  BASE_LR: 0.25                # per 512 images
-  WARMUP_LR: 0.0
-  MIN_LR: 0.025
-  EMA:
-    ENABLE: True
-    DECAY: 0.9
-AUG:
-  AUTO_AUGMENT: none
-  COLOR_JITTER: 0.0
-  REPROB: 0.0
-  MIXUP: 0.0
-  CUTMIX: 0.0
-PRINT_FREQ: 1
-"""
-TRAIN_PER_CLASS = (16, 16, 15)  # + one unreadable file = 48: 12 steps of 4 (1 process), 6 per rank (2 processes)
-VAL_PER_CLASS = (3, 2, 2)       # 7 images: not divisible by 2
-BAD_NAME = "zz_broken.jpg"
-
-
-def write_image_folder(root, train=TRAIN_PER_CLASS, val=VAL_PER_CLASS, size=32, seed=0, broken=True):
-    """Noisy images whose class is their colour; one unreadable training file when ``broken``."""
-    rng = np.random.default_rng(seed)
-    colors = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
-    for split, counts in (("train", train), ("val", val)):
-        for c, n in enumerate(counts):
-            folder = os.path.join(root, split, f"class{c}")
-            os.makedirs(folder, exist_ok=True)
-            for i in range(n):
-                pixels = np.array(colors[c])[None, None] + rng.normal(0, 40, (size, size, 3))
-                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(os.path.join(folder, f"{i}.png"))
-    if broken:
-        with open(os.path.join(root, "train", "class2", BAD_NAME), "wb") as f:
-            f.write(b"\xff\xd8\xff\xe0 a JPEG header and nothing else")
-    return str(root)
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "FLATTEN_LAUNCH_RECORDS"):
-        env.pop(k, None)
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
-    return env
-
-
-def start(args, nproc=1, **popen):
-    cmd = [sys.executable, MAIN] + (["--nproc-per-node", str(nproc)] if nproc > 1 else []) + list(args)
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
-
-
-def finish(proc, timeout=600):
-    out, err = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def run(args, nproc=1):
-    return finish(start(args, nproc))
-
-
-def check_ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def one_error_line(result, code=2):
-    """Exit ``code``, no traceback, exactly one ``error:`` line and it is the last line of stderr."""
-    assert result.returncode == code, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    return errors[0]
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -137,43 +45,6 @@ def reference(tiny):
     """An uninterrupted 2-epoch run in one process."""
     r = check_ok(run(tiny["args"]))
     return dict(dir=out_dir(tiny, "default"), result=r)
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def assert_same(a, b, where=""):
-    """Bit-identical nested state (tensors with torch.equal)."""
-    if torch.is_tensor(a):
-        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), f"differs at {where}"
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"keys differ at {where}"
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), f"lengths differ at {where}"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"differs at {where}: {a!r} != {b!r}"
-
-
-def tree(folder):
-    """{relative path: sha256} of every file under ``folder``."""
-    out = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 # ----------------------------------------------------------------------------- a training run and its records
