@@ -48,7 +48,6 @@ def test_config_loads_and_builds(path):
     else:
         with torch.device("meta"):
             model = models.build_model(cfg)
-        assert sum(p.numel() for p in model.parameters()) > 0
     if rel.startswith("baselines"):
         assert set(cfg.MODEL.LA.ATTN_TYPE) == {"S"}
         assert not any(n.endswith("positional_encoding") for n, _ in model.named_parameters())
