@@ -3,6 +3,8 @@
 * :func:`pretrained_cfgs` makes a family's ``default_cfgs`` entries from
   ``models/released.py``: the ``.in1k`` tag with the release's download link for
   the released checkpoints, an untagged cfg (no weights) otherwise.
+* :func:`register_config_names` registers the config name of each Table 8 model
+  (``flatten_swin_t`` for ``flatten_swin_tiny_patch4_224``) from the table's ``alias``.
 * :func:`build_flatten_model` is every registered factory's call to timm's
   ``build_model_with_cfg``. Weights given by file or link are loaded by the
   model's ``load_pretrained`` (timm's ``custom_load``): the project's safe
@@ -17,12 +19,12 @@ from typing import Any, Dict, Optional
 from urllib.parse import urlparse
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, register_model
 
 from .layers.weights import checkpoint_filter_fn
-from .released import by_timm_name
+from .released import TABLE8, by_timm_name
 
-__all__ = ["pretrained_cfgs", "build_flatten_model"]
+__all__ = ["pretrained_cfgs", "build_flatten_model", "register_config_names"]
 
 PAPER = dict(paper_name="FLatten Transformer: Vision Transformer using Focused Linear Attention",
              paper_ids="arXiv:2308.00442")
@@ -70,3 +72,19 @@ def build_flatten_model(cls, variant: str, pretrained: bool = False, feature_cfg
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=feature_cfg or dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
         **kwargs)
+
+
+def register_config_names(namespace: Dict[str, Any]) -> None:
+    """Register, in the family module whose ``globals()`` is ``namespace``, the config name of each of its
+    Table 8 models (``models/released.py``: ``alias``) as a timm model that builds the same thing."""
+    for row in TABLE8:
+        target = namespace.get(row.timm_name)
+        if row.alias is None or target is None:
+            continue
+
+        def entrypoint(pretrained: bool = False, _target=target, **kwargs):
+            return _target(pretrained, **kwargs)
+        entrypoint.__name__ = entrypoint.__qualname__ = row.alias
+        entrypoint.__module__ = namespace["__name__"]
+        entrypoint.__doc__ = f"Config name of :func:`{row.timm_name}`."
+        namespace[row.alias] = register_model(entrypoint)

@@ -41,7 +41,7 @@ from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ._builder import build_flatten_model, pretrained_cfgs
+from ._builder import build_flatten_model, pretrained_cfgs, register_config_names
 from .layers.attention import checked_la_kwargs, create_linear_attention
 from .layers.family import (FLattenModel, ModelConfigError, check_heads, check_per_stage, init_linear_and_norm,
                             parse_attn_type)
@@ -479,29 +479,8 @@ def flatten_cswin_base_384(pretrained: bool = False, **kwargs) -> FLattenCSWin:
     return _create_cswin("flatten_cswin_base_384", pretrained, **{**CSWIN_B_384, **kwargs})
 
 
-# Config names (configs/<name>.yaml) of the same models.
-@register_model
-def flatten_cswin_t(pretrained: bool = False, **kwargs) -> FLattenCSWin:
-    """Config name of :func:`flatten_cswin_tiny_224`."""
-    return flatten_cswin_tiny_224(pretrained, **kwargs)
-
-
-@register_model
-def flatten_cswin_s(pretrained: bool = False, **kwargs) -> FLattenCSWin:
-    """Config name of :func:`flatten_cswin_small_224`."""
-    return flatten_cswin_small_224(pretrained, **kwargs)
-
-
-@register_model
-def flatten_cswin_b(pretrained: bool = False, **kwargs) -> FLattenCSWin:
-    """Config name of :func:`flatten_cswin_base_224`."""
-    return flatten_cswin_base_224(pretrained, **kwargs)
-
-
-@register_model
-def flatten_cswin_b_384(pretrained: bool = False, **kwargs) -> FLattenCSWin:
-    """Config name of :func:`flatten_cswin_base_384`."""
-    return flatten_cswin_base_384(pretrained, **kwargs)
+# Config names (configs/<name>.yaml) of the same models, from models/released.py.
+register_config_names(globals())
 
 
 # Softmax baselines of Table 8 (configs/baselines/cswin_*.yaml): cross-shaped windows everywhere.

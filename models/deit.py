@@ -33,7 +33,7 @@ from timm.layers import Attention, DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ._builder import build_flatten_model, pretrained_cfgs
+from ._builder import build_flatten_model, pretrained_cfgs, register_config_names
 from .layers.attention import checked_la_kwargs, create_linear_attention
 from .layers.family import FLattenModel, ModelConfigError, init_linear_and_norm
 from .layers.grid import Grid, PatchEmbed, to_2tuple_size
@@ -282,10 +282,8 @@ def flatten_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> FLatten
     return _create_deit("flatten_deit_tiny_patch16_224", pretrained, **{**DEIT_T, **kwargs})
 
 
-@register_model
-def flatten_deit_t(pretrained: bool = False, **kwargs) -> FLattenDeiT:
-    """Config name of :func:`flatten_deit_tiny_patch16_224`."""
-    return flatten_deit_tiny_patch16_224(pretrained, **kwargs)
+# The config name (configs/flatten_deit_t.yaml) of the same model, from models/released.py.
+register_config_names(globals())
 
 
 @register_model

@@ -35,7 +35,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ._builder import build_flatten_model, pretrained_cfgs
+from ._builder import build_flatten_model, pretrained_cfgs, register_config_names
 from .layers.attention import checked_la_kwargs, create_linear_attention
 from .layers.family import (FLattenModel, ModelConfigError, check_heads, check_per_stage, init_linear_and_norm,
                             parse_attn_type)
@@ -396,29 +396,8 @@ def flatten_pvt_large(pretrained: bool = False, **kwargs) -> FLattenPVT:
     return _create_pvt("flatten_pvt_large", pretrained, dict(PVT_COMMON, depths=PVT_DEPTHS["l"]), **kwargs)
 
 
-# Config names (configs/<name>.yaml) of the same models.
-@register_model
-def flatten_pvt_t(pretrained: bool = False, **kwargs) -> FLattenPVT:
-    """Config name of :func:`flatten_pvt_tiny`."""
-    return flatten_pvt_tiny(pretrained, **kwargs)
-
-
-@register_model
-def flatten_pvt_s(pretrained: bool = False, **kwargs) -> FLattenPVT:
-    """Config name of :func:`flatten_pvt_small`."""
-    return flatten_pvt_small(pretrained, **kwargs)
-
-
-@register_model
-def flatten_pvt_m(pretrained: bool = False, **kwargs) -> FLattenPVT:
-    """Config name of :func:`flatten_pvt_medium`."""
-    return flatten_pvt_medium(pretrained, **kwargs)
-
-
-@register_model
-def flatten_pvt_l(pretrained: bool = False, **kwargs) -> FLattenPVT:
-    """Config name of :func:`flatten_pvt_large`."""
-    return flatten_pvt_large(pretrained, **kwargs)
+# Config names (configs/<name>.yaml) of the same models, from models/released.py.
+register_config_names(globals())
 
 
 # Softmax baselines of Table 8 (configs/baselines/pvt_*.yaml): spatial-reduction attention everywhere.

@@ -40,7 +40,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ._builder import build_flatten_model, pretrained_cfgs
+from ._builder import build_flatten_model, pretrained_cfgs, register_config_names
 from .layers.attention import checked_la_kwargs, create_linear_attention
 from .layers.family import FLattenModel, ModelConfigError, check_per_stage, init_linear_and_norm, parse_attn_type
 from .layers.grid import Grid, PatchEmbed, to_2tuple_size
@@ -557,29 +557,8 @@ def flatten_swin_base_patch4_384(pretrained: bool = False, **kwargs) -> FLattenS
     return _create_swin("flatten_swin_base_patch4_384", pretrained, **{**SWIN_B_384, **kwargs})
 
 
-# Config names (configs/<name>.yaml) of the same models.
-@register_model
-def flatten_swin_t(pretrained: bool = False, **kwargs) -> FLattenSwin:
-    """Config name of :func:`flatten_swin_tiny_patch4_224`."""
-    return flatten_swin_tiny_patch4_224(pretrained, **kwargs)
-
-
-@register_model
-def flatten_swin_s(pretrained: bool = False, **kwargs) -> FLattenSwin:
-    """Config name of :func:`flatten_swin_small_patch4_224`."""
-    return flatten_swin_small_patch4_224(pretrained, **kwargs)
-
-
-@register_model
-def flatten_swin_b(pretrained: bool = False, **kwargs) -> FLattenSwin:
-    """Config name of :func:`flatten_swin_base_patch4_224`."""
-    return flatten_swin_base_patch4_224(pretrained, **kwargs)
-
-
-@register_model
-def flatten_swin_b_384(pretrained: bool = False, **kwargs) -> FLattenSwin:
-    """Config name of :func:`flatten_swin_base_patch4_384`."""
-    return flatten_swin_base_patch4_384(pretrained, **kwargs)
+# Config names (configs/<name>.yaml) of the same models, from models/released.py.
+register_config_names(globals())
 
 
 # Softmax baselines of Table 8 (configs/baselines/swin_*.yaml): Swin's shifted windows everywhere.
