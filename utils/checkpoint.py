@@ -41,8 +41,8 @@ import torch
 
 # The safe unpickler and CheckpointError live with the models (models/layers/weights.py), which
 # load released files through them; re-exported here unchanged.
-from models.layers.weights import (CheckpointError, checkpoint_filter_fn, is_ignored_key, safe_load,
-                                   unwrap_state_dict)
+from models.layers.weights import (CheckpointError, checkpoint_filter_fn, describe_mismatch, is_ignored_key,
+                                   listing, safe_load, state_dict_mismatch, unwrap_state_dict)
 
 __all__ = [
     "CheckpointError", "safe_load", "atomic_write", "save_checkpoint", "publish", "auto_resume",
@@ -53,7 +53,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 2
-_MAX_LISTED = 10  # mismatched keys named in an error message before "... and N more"
 
 
 def _one_line(text: Any) -> str:
@@ -225,32 +224,6 @@ def auto_resume(output_dir: str) -> Tuple[Optional[str], Optional[Dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- state dicts
-def _listing(items: List[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    more = len(items) - _MAX_LISTED
-    return shown + (f", ... and {more} more" if more > 0 else "")
-
-
-def _mismatch(model: torch.nn.Module, sd: Mapping[str, Any]):
-    target = model.state_dict()
-    missing = [k for k in target if k not in sd and not is_ignored_key(k, model)]
-    unexpected = [k for k in sd if k not in target]
-    shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in sd.items()
-              if k in target and torch.is_tensor(v) and v.shape != target[k].shape]
-    return missing, unexpected, shapes
-
-
-def _describe(missing, unexpected, shapes) -> str:
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing ({_listing(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected ({_listing(unexpected)})")
-    if shapes:
-        parts.append(f"{len(shapes)} of another shape ({_listing(shapes)})")
-    return "; ".join(parts)
-
-
 def load_model_state(model: torch.nn.Module, state: Mapping[str, Any], source: str,
                      what: str = "model") -> None:
     """Load ``state`` (a state dict or a checkpoint holding one) into ``model``, all keys exactly.
@@ -266,7 +239,7 @@ def load_model_state(model: torch.nn.Module, state: Mapping[str, Any], source: s
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{source}: '{what}' is a {type(state).__name__}, not a state dict")
     sd = {k: v for k, v in unwrap_state_dict(state).items() if not is_ignored_key(k, model)}
-    missing, unexpected, shapes = _mismatch(model, sd)
+    missing, unexpected, shapes = state_dict_mismatch(model, sd)
     if missing or unexpected or shapes:
         name = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
         hint = ""
@@ -275,7 +248,7 @@ def load_model_state(model: torch.nn.Module, state: Mapping[str, Any], source: s
         if torch.is_tensor(head) and torch.is_tensor(target) and head.shape[0] != target.shape[0]:
             hint = (f"; its classifier has {head.shape[0]} classes, this model {target.shape[0]}: "
                     f"pass --num-classes {head.shape[0]} if the class folders are a subset of its classes")
-        raise CheckpointError(f"{source} does not fit {name}: " + _describe(missing, unexpected, shapes) + hint)
+        raise CheckpointError(f"{source} does not fit {name}: {describe_mismatch(missing, unexpected, shapes)}{hint}")
     model.load_state_dict(sd, strict=False)
 
 
@@ -306,15 +279,15 @@ def load_pretrained(model: torch.nn.Module, path: str, logger: Optional[logging.
         del sd[k]
     if dropped:
         log.info("pretrained %s: classifier of another size dropped (%s)", path, ", ".join(dropped))
-    missing, unexpected, shapes = _mismatch(model, sd)
+    missing, unexpected, shapes = state_dict_mismatch(model, sd)
     if shapes:
         raise CheckpointError(f"{path} does not fit this model: {len(shapes)} of another shape "
-                              f"({_listing(shapes)})")
+                              f"({listing(shapes)})")
     model.load_state_dict(sd, strict=False)
     if missing:
-        log.warning("pretrained %s: %d missing keys (%s)", path, len(missing), _listing(missing))
+        log.warning("pretrained %s: %d missing keys (%s)", path, len(missing), listing(missing))
     if unexpected:
-        log.warning("pretrained %s: %d unexpected keys (%s)", path, len(unexpected), _listing(unexpected))
+        log.warning("pretrained %s: %d unexpected keys (%s)", path, len(unexpected), listing(unexpected))
     log.info("loaded pretrained weights from %s", path)
     return {"missing": missing, "unexpected": unexpected, "dropped": dropped}
 

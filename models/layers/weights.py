@@ -66,7 +66,8 @@ def _first_sentence(text: Any) -> str:
     return line.split(". ")[0].rstrip(".")[:200]
 
 
-def _listing(items: List[str]) -> str:
+def listing(items: List[str]) -> str:
+    """The first items of a list of keys, then how many more."""
     shown = ", ".join(items[:_MAX_LISTED])
     more = len(items) - _MAX_LISTED
     return shown + (f", ... and {more} more" if more > 0 else "")
@@ -228,12 +229,33 @@ def checkpoint_filter_fn(state_dict: Mapping, model: torch.nn.Module) -> Dict[st
     if ignored:
         reasons = ignored_keys(model)
         why = sorted({r for k in ignored for p, r in reasons.items() if re.search(p, k)})
-        _logger.info("checkpoint_filter_fn: ignored %d keys (%s): %s", len(ignored), _listing(sorted(ignored)),
+        _logger.info("checkpoint_filter_fn: ignored %d keys (%s): %s", len(ignored), listing(sorted(ignored)),
                      "; ".join(why))
     return out
 
 
 # ----------------------------------------------------------------------------- strict loading
+def state_dict_mismatch(model: torch.nn.Module, sd: Mapping[str, Any], may_miss=()) -> Tuple[List[str], ...]:
+    """(missing, unexpected, mis-shaped) keys of the state dict ``sd`` for ``model``.
+
+    Keys on the model's ignore list, and those in ``may_miss``, are not missing.
+    """
+    target = model.state_dict()
+    missing = [k for k in target if k not in sd and k not in may_miss and not is_ignored_key(k, model)]
+    unexpected = [k for k in sd if k not in target]
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in sd.items()
+              if k in target and torch.is_tensor(v) and v.shape != target[k].shape]
+    return missing, unexpected, shapes
+
+
+def describe_mismatch(missing: List[str], unexpected: List[str], shapes: List[str]) -> str:
+    """'3 missing (a, b, c); 1 unexpected (d)': the first ten keys of each kind."""
+    parts = [f"{len(keys)} {what} ({listing(keys)})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+             if keys]
+    return "; ".join(parts)
+
+
 def load_checkpoint(model: torch.nn.Module, path: str) -> Dict[str, List[str]]:
     """Load a checkpoint file into ``model`` through :func:`safe_load` and :func:`checkpoint_filter_fn`.
 
@@ -271,23 +293,13 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> Dict[str, List[str]]:
             sd[k] = adapt_input_conv(target[k].shape[1], sd[k])
             adapted.append(k)
     may_miss = {k for k in target if any(k.startswith(h + ".") for h in heads)} if dropped else set()
-    missing = [k for k in target if k not in sd and k not in may_miss]
-    unexpected = [k for k in sd if k not in target]
-    shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in sd.items()
-              if k in target and torch.is_tensor(v) and v.shape != target[k].shape]
+    missing, unexpected, shapes = state_dict_mismatch(model, sd, may_miss)
     if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({_listing(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_listing(unexpected)})")
-        if shapes:
-            parts.append(f"{len(shapes)} of another shape ({_listing(shapes)})")
         name = cfg.get("architecture") or type(model).__name__
-        raise CheckpointError(f"{path} does not fit {name}: " + "; ".join(parts))
+        raise CheckpointError(f"{path} does not fit {name}: " + describe_mismatch(missing, unexpected, shapes))
     model.load_state_dict(sd, strict=not dropped)
     _logger.info("loaded %s: %d tensors%s%s%s", path, len(sd),
-                 f"; ignored {_listing(sorted(ignored))}" if ignored else "",
+                 f"; ignored {listing(sorted(ignored))}" if ignored else "",
                  f"; classifier of another size dropped ({', '.join(dropped)})" if dropped else "",
                  f"; input conv adapted ({', '.join(adapted)})" if adapted else "")
     return {"ignored": sorted(ignored), "dropped": dropped, "adapted": adapted}
