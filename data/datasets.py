@@ -357,21 +357,10 @@ def write_demo_dataset(root: str, img_size: int = 32, seed: int = 0) -> str:
         ``root``.
     """
     params = dict(version=_DEMO_VERSION, img_size=int(img_size), seed=int(seed))
-    if _demo_is_complete(root, params):
-        return root
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise DataError(f"demo data path {root} exists and is not a directory")
-    if os.path.isdir(root) and os.listdir(root) and not os.path.isfile(os.path.join(root, _DEMO_MARKER)):
-        raise DataError(f"demo data path {root} exists and is not a demo dataset written by this "
-                        f"code; remove it or choose another DATA.DATA_PATH")
 
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    parent = os.path.dirname(os.path.abspath(root))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-demo-", dir=parent)
-    try:
+    def write(tmp: str) -> dict:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
         digits = load_digits()
         images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
         labels = digits.target
@@ -386,33 +375,62 @@ def write_demo_dataset(root: str, img_size: int = 32, seed: int = 0) -> str:
                 img = img.resize((img_size, img_size), Image.BICUBIC).convert("RGB")
                 img.save(os.path.join(folder, f"{i:04d}.png"))
             counts[split] = int(len(split_idx))
-        with open(os.path.join(tmp, _DEMO_MARKER), "w") as f:
-            json.dump(dict(params, counts=counts, source="sklearn.datasets.load_digits"), f)
-        _install(tmp, root, params)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        return dict(counts=counts, source="sklearn.datasets.load_digits")
+
+    generated_dataset(root, _DEMO_MARKER, params, write, "demo dataset")
     _logger.info("demo dataset (sklearn digits, %dx%d) ready in %s", img_size, img_size, root)
     return root
 
 
-def _demo_is_complete(root: str, params: dict) -> bool:
+def generated_dataset(root: str, marker: str, params: dict, write: Callable[[str], dict], what: str) -> str:
+    """A dataset this code generates (demo digits, rehearsal photos), written once under ``root``.
+
+    Idempotent: a complete tree (``marker`` file holding the same ``params``) is
+    left as is. ``write(folder)`` fills a temporary folder beside ``root`` and
+    returns more facts for the marker; the folder is then renamed into place, so
+    concurrent callers (every rank of a job) never see a partial dataset.
+
+    Raises:
+        DataError: ``root`` exists and is not a tree this code wrote.
+    """
+    if _marker_matches(root, marker, params):
+        return root
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"{what} path {root} exists and is not a directory")
+    if os.path.isdir(root) and os.listdir(root) and not os.path.isfile(os.path.join(root, marker)):
+        raise DataError(f"{what} path {root} exists and is not a {what} written by this code; remove it or "
+                        f"choose another DATA.DATA_PATH")
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-dataset-", dir=parent)
     try:
-        with open(os.path.join(root, _DEMO_MARKER)) as f:
+        facts = write(tmp)
+        with open(os.path.join(tmp, marker), "w") as f:
+            json.dump(dict(params, **facts), f)
+        _install(tmp, root, marker, params)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _marker_matches(root: str, marker: str, params: dict) -> bool:
+    try:
+        with open(os.path.join(root, marker)) as f:
             meta = json.load(f)
     except (OSError, ValueError):
         return False
     return all(meta.get(k) == v for k, v in params.items())
 
 
-def _install(tmp: str, root: str, params: dict) -> None:
+def _install(tmp: str, root: str, marker: str, params: dict) -> None:
     """Move the finished tree ``tmp`` to ``root``; another writer may have won the race."""
     old = None
     if os.path.isdir(root):
-        if _demo_is_complete(root, params):
+        if _marker_matches(root, marker, params):
             return
-        if os.listdir(root):  # an older demo tree (other parameters): set it aside
-            old = tempfile.mkdtemp(prefix=".old-demo-", dir=os.path.dirname(tmp))
+        if os.listdir(root):  # an older tree of this code (other parameters): set it aside
+            old = tempfile.mkdtemp(prefix=".old-dataset-", dir=os.path.dirname(tmp))
             try:
                 os.rename(root, os.path.join(old, "tree"))
             except OSError:
@@ -423,7 +441,7 @@ def _install(tmp: str, root: str, params: dict) -> None:
     try:
         os.rename(tmp, root)
     except OSError:
-        if not _demo_is_complete(root, params):
+        if not _marker_matches(root, marker, params):
             raise
     finally:
         if old is not None:

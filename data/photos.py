@@ -18,14 +18,13 @@ temporary folder that is then renamed into place.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from typing import Callable, List, Tuple
 
 import numpy as np
 from PIL import Image
+
+from .datasets import generated_dataset
 
 __all__ = ["write_photo_dataset", "PHOTOS", "FORMS", "CORRUPT_FILES"]
 
@@ -93,15 +92,6 @@ def _variant(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
     return img.point(lambda v: min(255, int(v * gain)))
 
 
-def _complete(root: str, params: dict) -> bool:
-    try:
-        with open(os.path.join(root, _MARKER)) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return all(meta.get(k) == v for k, v in params.items())
-
-
 def write_photo_dataset(root: str, train_per_class: int = 21, val_per_class: int = 6, seed: int = 0) -> str:
     """Write the photo ImageFolder under ``root`` (``train/<photo>/``, ``val/<photo>/``) unless it is there.
 
@@ -113,15 +103,8 @@ def write_photo_dataset(root: str, train_per_class: int = 21, val_per_class: int
     """
     params = dict(version=_VERSION, train_per_class=int(train_per_class), val_per_class=int(val_per_class),
                   seed=int(seed))
-    if _complete(root, params):
-        return root
-    if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)) and \
-            not os.path.isfile(os.path.join(root, _MARKER)):
-        raise FileExistsError(f"{root} exists and is not a photo dataset written by this code")
-    parent = os.path.dirname(os.path.abspath(root))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-photos-", dir=parent)
-    try:
+
+    def write(tmp: str) -> dict:
         rng = np.random.default_rng(seed)
         counts = {}
         for c, name in enumerate(PHOTOS):
@@ -130,8 +113,8 @@ def write_photo_dataset(root: str, train_per_class: int = 21, val_per_class: int
                 folder = os.path.join(tmp, split, name)
                 os.makedirs(folder, exist_ok=True)
                 for i in range(n):
-                    ext, _, write = FORMS[(i + c) % len(FORMS)]
-                    write(_variant(photo, rng), os.path.join(folder, f"{name}_{i:03d}.{ext}"))
+                    ext, _, save = FORMS[(i + c) % len(FORMS)]
+                    save(_variant(photo, rng), os.path.join(folder, f"{name}_{i:03d}.{ext}"))
                 counts[split] = counts.get(split, 0) + n
         # two training files that do not decode
         first = os.path.join(tmp, "train", PHOTOS[0])
@@ -141,13 +124,7 @@ def write_photo_dataset(root: str, train_per_class: int = 21, val_per_class: int
         with open(os.path.join(first, CORRUPT_FILES[0]), "wb") as f:
             f.write(data[: len(data) * 2 // 5])
         open(os.path.join(tmp, "train", PHOTOS[1], CORRUPT_FILES[1]), "wb").close()
-        with open(os.path.join(tmp, _MARKER), "w") as f:
-            json.dump(dict(params, counts=counts, corrupt=list(CORRUPT_FILES),
-                           forms=[desc for _, desc, _ in FORMS], source="skimage.data"), f)
-        if os.path.isdir(root):
-            shutil.rmtree(root)          # an older tree of this code (other parameters)
-        os.rename(tmp, root)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+        return dict(counts=counts, corrupt=list(CORRUPT_FILES), forms=[desc for _, desc, _ in FORMS],
+                    source="skimage.data")
+
+    return generated_dataset(root, _MARKER, params, write, "photo dataset")

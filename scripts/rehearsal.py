@@ -48,7 +48,8 @@ def _check(ok: bool, what: str, output: str = "") -> None:
         raise RehearsalFailed(what + (f"\n--- last output ---\n{output[-3000:]}" if output else ""))
 
 
-def _tree(folder: str) -> dict:
+def file_hashes(folder: str) -> dict:
+    """{relative path: sha256} of every file under ``folder``."""
     out = {}
     for dirpath, _, files in os.walk(folder):
         for name in files:
@@ -138,11 +139,11 @@ def rehearse(output: str, compare: bool = False) -> dict:
     report.update(resumed_exit=r.returncode, final_eval=final)
 
     # 4. evaluation: records of its own, the run folder untouched
-    before = _tree(run_dir)
+    before = file_hashes(run_dir)
     r = _run([sys.executable, "main.py", "--cfg", CONFIG, "--data-path", data, "--output", runs, "--eval",
               "--resume", os.path.join(run_dir, "last.pth"), "--num-workers", "2"])
     _check(r.returncode == 0, f"--eval should exit 0, got {r.returncode}", r.stdout)
-    _check(_tree(run_dir) == before, "--eval changed the run folder")
+    _check(file_hashes(run_dir) == before, "--eval changed the run folder")
     eval_root = os.path.join(runs, NAME, "eval", "default")
     eval_json = os.path.join(eval_root, sorted(os.listdir(eval_root))[-1], "eval.json")
     evaluated = read_json(eval_json)
@@ -153,7 +154,7 @@ def rehearse(output: str, compare: bool = False) -> dict:
     # 5. a rerun after the end is a no-op
     r = _run(train)
     _check(r.returncode == 0 and "nothing to do" in r.stdout, "the rerun after the end should be a no-op", r.stdout)
-    _check(_tree(run_dir) == before, "the rerun after the end changed the run folder")
+    _check(file_hashes(run_dir) == before, "the rerun after the end changed the run folder")
     report.update(noop_exit=r.returncode, run_files=len(before))
 
     # 6. an uninterrupted run, tensor by tensor

@@ -10,8 +10,6 @@ What needs a GPU (Triton on CUDA, NCCL, pinned memory, CUDA RNG states, inductor
 in the README and measured by ``python -m scripts.gpu_check``.
 """
 import os
-import re
-import signal
 
 import pytest
 import timm
@@ -19,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from cli_runs import TINY_YAML, assert_same, check_ok, finish, run, start, write_image_folder
+from cli_runs import TINY_YAML, assert_same, check_ok, run, stop_group_at, write_image_folder
 from engine import StepUnit
 from tiny import REPRESENTATIVES, tiny_kwargs
 
@@ -100,15 +98,8 @@ def test_float16_scaler_state_is_saved_and_resumed_bit_exactly(fp16_run):
     from utils.checkpoint import safe_load
     ref = check_ok(run(fp16_run["args"] + ["--tag", "straight"] + FP16))
     assert "autocast float16" in ref.stdout
-    p = start(fp16_run["args"] + ["--tag", "stopped"] + FP16, start_new_session=True)
-    lines = []
-    for line in p.stdout:
-        lines.append(line)
-        if re.search(r"Train: \[1/2\]\[3/\d+\]", line):
-            os.killpg(p.pid, signal.SIGTERM)
-            break
-    r = finish(p)
-    assert r.returncode == 143 and "Traceback" not in "".join(lines) + r.stdout + r.stderr
+    r = stop_group_at(fp16_run["args"] + ["--tag", "stopped"] + FP16, r"Train: \[1/2\]\[3/\d+\]")
+    assert r.returncode == 143 and "Traceback" not in r.stdout + r.stderr
     mid = safe_load(os.path.join(fp16_run["out"], "stopped", "last.pth"))
     assert mid["mid_epoch"]["epoch"] == 1 and set(mid["scaler"]) >= {"scale", "growth_factor", "_growth_tracker"}
     assert mid["scaler"]["scale"] in [2.0 ** k for k in range(17)]    # halved on overflows from 2**16 at most

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 
 from cli_runs import (BAD_NAME, TINY_YAML, VAL_PER_CLASS, _env, assert_same, check_ok, finish, one_error_line,
-                      read_json, read_jsonl, run, start, tree, write_image_folder)
+                      read_json, read_jsonl, run, start, stop_group_at, tree, write_image_folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -282,16 +281,9 @@ def test_process_group_sigterm_with_workers_then_bit_exact_resume(tiny, ddp_refe
     continues to the same bits as the uninterrupted run: weights, optimizer, schedule, EMA, RNG states."""
     from utils.checkpoint import safe_load
     args = tiny["args"] + ["--tag", "preempted"] + WORKERS
-    p = start(args, nproc=2, start_new_session=True)
-    lines = []
-    for line in p.stdout:
-        lines.append(line)
-        if re.search(r"Train: \[1/2\]\[1/6\]", line):
-            os.killpg(p.pid, signal.SIGTERM)
-            break
-    out, err = p.communicate(timeout=600)
-    out = "".join(lines) + out
-    assert p.returncode == 143, err[-3000:]
+    r = stop_group_at(args, r"Train: \[1/2\]\[1/6\]", nproc=2)
+    out, err = r.stdout, r.stderr
+    assert r.returncode == 143, err[-3000:]
     assert "Traceback" not in out + err and "error:" not in err
     assert re.search(r"stopped by SIGTERM at epoch 1 step [1-6]: saved .*/preempted/last.pth", out.splitlines()[-1])
     d = out_dir(tiny, "preempted")

@@ -26,11 +26,27 @@ import torch.nn as nn
 from ..family import ModelConfigError, check_heads
 from ..grid import Grid, conv_out_grid, conv_tokens, map_to_tokens, tokens_to_map, to_2tuple_size
 
-__all__ = ["EPS", "LinearAttention", "at_least_fp32"]
+__all__ = ["EPS", "LinearAttention", "at_least_fp32", "check_focusing_factor", "check_kernel_size"]
 
 EPS = 1e-6
 
 QKV_LAYOUTS = ("qkv", "q_kv", None)
+
+
+def check_focusing_factor(focusing_factor: float) -> float:
+    """p of the focusing function: any value > 0 (a one-line ModelConfigError otherwise)."""
+    if not focusing_factor > 0:
+        raise ModelConfigError(f"focusing_factor must be > 0, got {focusing_factor}", "la_kwargs.focusing_factor",
+                               focusing_factor)
+    return focusing_factor
+
+
+def check_kernel_size(kernel_size: int) -> int:
+    """Kernel of a depthwise conv with 'same' padding: a positive odd number."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ModelConfigError(f"kernel_size must be a positive odd number, got {kernel_size}",
+                               "la_kwargs.kernel_size", kernel_size)
+    return kernel_size
 
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Dict, Type
 
 from ..family import ModelConfigError
-from .base import LinearAttention
+from .base import LinearAttention, check_focusing_factor, check_kernel_size
 from .focused import FocusedLinearAttention
 from .table3 import AngularAttention, EfficientAttention, EnhancedLinearAttention, HydraAttention
 
@@ -52,12 +52,8 @@ def make_la_kwargs(focusing_factor: float = 3, kernel_size: int = 5, use_dwc: bo
     if kind not in LINEAR_ATTENTIONS:
         raise ModelConfigError(f"linear attention kind must be one of {', '.join(LA_KINDS)}, got {kind!r}",
                                "la_kwargs.kind", kind)
-    if not focusing_factor > 0:
-        raise ModelConfigError(f"focusing_factor must be > 0, got {focusing_factor}", "la_kwargs.focusing_factor",
-                               focusing_factor)
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ModelConfigError(f"kernel_size must be a positive odd number, got {kernel_size}",
-                               "la_kwargs.kernel_size", kernel_size)
+    check_focusing_factor(focusing_factor)
+    check_kernel_size(kernel_size)
     return dict(focusing_factor=focusing_factor, kernel_size=kernel_size, use_dwc=use_dwc, focused=focused,
                 kind=kind, use_pe=use_pe)
 

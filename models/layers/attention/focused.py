@@ -49,11 +49,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-from ..family import ModelConfigError
 from ..grid import Grid, token_conv
 from ..pos_embed import GridCache, grid_parameter, resampled_parameter
 from . import triton_fla
-from .base import EPS, LinearAttention, at_least_fp32
+from .base import EPS, LinearAttention, at_least_fp32, check_focusing_factor, check_kernel_size
 
 __all__ = ["FocusedLinearAttention", "focusing_function", "focused_features", "linear_attention",
            "explicit_attention_matrix", "depthwise_conv_term", "focused_linear_attention", "attend_reference",
@@ -408,14 +407,8 @@ class FocusedLinearAttention(LinearAttention):
     def __init__(self, dim: int, num_heads: int, grid, num_prefix_tokens: int = 0, focusing_factor: float = 3,
                  kernel_size: int = 5, use_dwc: bool = True, focused: bool = True, use_pe: bool = True, **layout):
         super().__init__(dim, num_heads, grid, num_prefix_tokens, **layout)
-        if not focusing_factor > 0:
-            raise ModelConfigError(f"focusing_factor must be > 0, got {focusing_factor}", "la_kwargs.focusing_factor",
-                                   focusing_factor)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ModelConfigError(f"kernel_size must be a positive odd number, got {kernel_size}",
-                                   "la_kwargs.kernel_size", kernel_size)
-        self.focusing_factor = focusing_factor
-        self.kernel_size = kernel_size
+        self.focusing_factor = check_focusing_factor(focusing_factor)
+        self.kernel_size = check_kernel_size(kernel_size)
         self.focused = focused
         self.scale = nn.Parameter(torch.zeros(1, 1, dim))
         if use_pe:

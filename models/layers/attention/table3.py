@@ -42,9 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-from ..family import ModelConfigError
 from ..grid import Grid
-from .base import EPS, LinearAttention, at_least_fp32
+from .base import EPS, LinearAttention, at_least_fp32, check_kernel_size
 from .focused import depthwise_conv_term
 
 __all__ = ["HydraAttention", "EfficientAttention", "AngularAttention", "EnhancedLinearAttention",
@@ -204,10 +203,7 @@ class EnhancedLinearAttention(_Table3Attention):
     def __init__(self, dim: int, num_heads: int, grid, num_prefix_tokens: int = 0, kernel_size: int = 5,
                  **layout):
         super().__init__(dim, num_heads, grid, num_prefix_tokens, **layout)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ModelConfigError(f"kernel_size must be a positive odd number, got {kernel_size}",
-                                   "la_kwargs.kernel_size", kernel_size)
-        self.kernel_size = kernel_size
+        self.kernel_size = check_kernel_size(kernel_size)
         self.dwc = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
     def _conv(self):
