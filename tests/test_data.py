@@ -325,6 +325,34 @@ def test_write_demo_dataset(tmp_path):
         write_demo_dataset(str(other))
 
 
+def test_write_photo_dataset_small(tmp_path):
+    """The rehearsal's photos: real scikit-image photos in several storage forms, two undecodable files,
+    written once, and a folder the code did not write is refused, not replaced."""
+    from data.photos import CORRUPT_FILES, PHOTOS, write_photo_dataset
+    root = str(tmp_path / "photos")
+    assert write_photo_dataset(root, train_per_class=3, val_per_class=1) == root
+    assert check_same_classes(root)[:] == sorted(PHOTOS)
+    names = [f for _, _, files in os.walk(os.path.join(root, "train")) for f in files]
+    assert len(names) == 3 * len(PHOTOS) + len(CORRUPT_FILES) and set(CORRUPT_FILES) <= set(names)
+    assert len({os.path.splitext(f)[1] for f in names}) >= 3          # several storage forms
+    for name in CORRUPT_FILES:
+        path = next(os.path.join(d, name) for d, _, files in os.walk(root) if name in files)
+        with pytest.raises(Exception):
+            Image.open(path).convert("RGB")
+    marker = os.path.join(root, "PHOTOS_COMPLETE.json")
+    stamp = os.stat(marker).st_mtime_ns
+    write_photo_dataset(root, train_per_class=3, val_per_class=1)
+    assert os.stat(marker).st_mtime_ns == stamp                      # idempotent
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a photo dataset"):
+        write_photo_dataset(str(other))
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
 # ----------------------------------------------------------------------------- build_loader
 def test_build_loader_tiny_folder(tmp_path):
     make_split(tmp_path, "train", {"a": 4, "b": 4})
