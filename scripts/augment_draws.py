@@ -1,6 +1,6 @@
 """Draw a config's training transform many times on real photos and count the draws that fail.
 
-    .venv/bin/python scripts/augment_draws.py --cfg configs/flatten_swin_t.yaml --draws 15000
+    .venv/bin/python -m scripts.augment_draws --cfg configs/flatten_swin_t.yaml --draws 15000
 
 The photos are scikit-image's bundled ones (no download). Each draw runs the
 transform under RNGs seeded with ``mix_seed(seed, draw)``, exactly as a
