@@ -1,10 +1,39 @@
-"""Shared fixtures. The repository root and tests/fixtures are on the import path (pytest.ini)."""
+"""Shared fixtures and the per-test time limit. The repository root and tests/fixtures are on the import
+path (pytest.ini)."""
+import faulthandler
 import os
+import signal
+import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+# No test may hang the suite: past its limit (set-up of the fixtures it needs included) a test fails with
+# the tracebacks of every thread. The whole default suite takes about 6 minutes on 2 cores.
+TIME_LIMIT_S = int(os.environ.get("FLATTEN_TEST_TIME_LIMIT_S", 600))
+SLOW_TIME_LIMIT_S = 3600
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    limit = SLOW_TIME_LIMIT_S if item.get_closest_marker("slow") else TIME_LIMIT_S
+
+    def expired(signum, frame):
+        try:
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        except (AttributeError, ValueError, OSError):   # a stderr without a file descriptor
+            pass
+        raise TimeoutError(f"{item.nodeid} ran past its time limit of {limit} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(limit)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # A tiny FLatten-DeiT for the attention tools: 6 x 6 patch grid (N = 36 > d = 16), 2 blocks.

@@ -2,17 +2,16 @@
 once, last, with its exit code; signals forwarded and waited for; no tracebacks from the launcher."""
 import os
 import signal
-import subprocess
 import sys
+
+from cli_runs import start_cmd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _launcher(script, nproc=2, args=()):
     code = f"import sys; from utils.launch import launch; sys.exit(launch({str(script)!r}, {list(args)!r}, {nproc}))"
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return start_cmd([sys.executable, "-c", code], PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
 
 
 def test_root_cause_is_printed_once_last_with_its_code(tmp_path):
@@ -30,9 +29,9 @@ def test_root_cause_is_printed_once_last_with_its_code(tmp_path):
         "    time.sleep(0.01)   # wait for rank 1's report (an ordering, not a timing window)\n"
         "report('lost contact with another process', 1, kind='peer')\n"
         "sys.exit(1)\n")
-    p = _launcher(script)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 2, err
+    r = _launcher(script).finish(120)
+    out, err = r.stdout, r.stderr
+    assert r.returncode == 2, err
     assert err.strip().splitlines()[-1] == "error: data path /nowhere does not exist"
     assert err.count("error:") == 1 and "Traceback" not in err + out and "ChildFailedError" not in err
 
@@ -40,9 +39,9 @@ def test_root_cause_is_printed_once_last_with_its_code(tmp_path):
 def test_a_crash_without_report_names_the_process(tmp_path):
     script = tmp_path / "crash.py"
     script.write_text("import os\nif os.environ['RANK'] == '1':\n    raise RuntimeError('a bug')\n")
-    p = _launcher(script)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 1
+    r = _launcher(script).finish(120)
+    out, err = r.stdout, r.stderr
+    assert r.returncode == 1
     assert err.count("Traceback") == 1 and "RuntimeError: a bug" in err          # the child's own traceback
     assert err.strip().splitlines()[-1] == "error: process rank 1 exited with code 1 (its output is above)"
 
@@ -54,22 +53,16 @@ def test_signal_to_the_launcher_is_forwarded_and_waited_for(tmp_path):
     script.write_text(
         "import os, signal, sys\n"
         "from utils.launch import report\n"
-        "got = []\n"
-        "signal.signal(signal.SIGTERM, lambda s, f: got.append(s))\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})   # held from here until sigwait takes it\n"
         "print('ready', os.environ['RANK'], flush=True)\n"
-        "while not got:\n"
-        "    signal.pause()\n"
+        "signal.sigwait({signal.SIGTERM})\n"
         "report(f'stopped by SIGTERM in rank {os.environ[\"RANK\"]}: saved', 143, kind='stopped')\n"
         "sys.exit(143)\n")
     p = _launcher(script)
-    ready = set()
-    while len(ready) < 2:
-        line = p.stdout.readline()
-        assert line, p.stderr.read()
-        if line.startswith("ready"):
-            ready.add(line.split()[1])
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 143, err
-    assert out.strip().splitlines()[-1] == "stopped by SIGTERM in rank 0: saved"
-    assert "Traceback" not in err and "error:" not in err
+    ready = {p.wait_for(r"^ready ", 120).split()[1] for _ in range(2)}
+    assert ready == {"0", "1"}
+    p.proc.send_signal(signal.SIGTERM)
+    r = p.finish(120)
+    assert r.returncode == 143, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "stopped by SIGTERM in rank 0: saved"
+    assert "Traceback" not in r.stderr and "error:" not in r.stderr
