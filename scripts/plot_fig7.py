@@ -164,9 +164,10 @@ def best_speedup(flatten: list, softmax: list) -> Optional[Tuple[float, float, f
     return best
 
 
-def draw_panel(ax, curves: Dict[tuple, list], title: str, xlabel: str) -> List[Tuple[float, float, str, str]]:
-    """Curves, speed-up brackets and axes of one panel; returns the point labels to place."""
-    labels = []
+def draw_panel(ax, curves: Dict[tuple, list], title: str, xlabel: str) -> Tuple[list, list]:
+    """Curves, speed-up brackets and axes of one panel; returns the point labels to place and the
+    brackets' artists, which the labels must keep clear of."""
+    labels, brackets = [], []
     for (fam, attention, impl), pts in sorted(curves.items(), key=lambda kv: (kv[0][0], kv[0][1] != "softmax", kv[0][2])):
         color, marker = FAMILY_STYLE.get(fam, ("tab:gray", "o"))
         style = "-" if attention == "flatten" else (":" if impl == "ours" else "--")
@@ -182,17 +183,19 @@ def draw_panel(ax, curves: Dict[tuple, list], title: str, xlabel: str) -> List[T
         if found and found[0] > 1.0:
             s, acc, fast, slow = found
             y = acc + 0.1
-            ax.annotate("", xy=(slow, y), xytext=(fast, y),
-                        arrowprops=dict(arrowstyle="|-|", color="tab:olive", linewidth=2, mutation_scale=4))
-            ax.text((fast + slow) / 2, y + 0.05, f"{s:.1f}x", ha="center", va="bottom", color="tab:olive",
-                    fontweight="bold")
+            brackets.append(ax.annotate("", xy=(slow, y), xytext=(fast, y), arrowprops=dict(
+                arrowstyle="|-|", color="tab:olive", linewidth=2, mutation_scale=4)))
+            brackets.append(ax.annotate(f"{s:.1f}x", ((fast + slow) / 2, y), xytext=(0, 4), textcoords="offset points",
+                                        ha="center", va="bottom", color="tab:olive", fontweight="bold",
+                                        bbox=dict(boxstyle="square,pad=0.15", facecolor="white", edgecolor="none",
+                                                  alpha=0.85)))
     ax.margins(x=0.12, y=0.15)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("ImageNet top-1 accuracy (%)")
     ax.set_title(title)
     if curves:
         ax.legend(loc="lower right")
-    return labels
+    return labels, brackets
 
 
 def read_benchmark(path: str) -> dict:
@@ -243,10 +246,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
     xlabel = "Runtime (ms per image)" if args.x == "image" else "Runtime (ms per batch)"
-    pending = [(ax, draw_panel(ax, curves, title, xlabel)) for ax, (curves, title) in zip(axes[0], panels)]
+    pending = [(ax, *draw_panel(ax, curves, title, xlabel)) for ax, (curves, title) in zip(axes[0], panels)]
     fig.tight_layout()
-    for ax, labels in pending:          # after the layout: labels are placed in display coordinates
-        place_labels(ax, labels)
+    for ax, labels, brackets in pending:          # after the layout: labels are placed in display coordinates
+        place_labels(ax, labels, obstacles=brackets)
     print(f"wrote {save(fig, args.out)}")
     return 0
 

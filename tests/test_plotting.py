@@ -41,3 +41,21 @@ def test_same_label_on_coinciding_points_is_drawn_once():
     arts = place_labels(ax, [(5, 5, "B0", "k"), (5.05, 5.05, "B0", "r"), (8, 2, "B0", "k")])
     assert [a.get_text() for a in arts] == ["B0", "B0"]       # the far one keeps its own label
     plt.close(fig)
+
+
+def test_labels_keep_clear_of_obstacles():
+    """A label whose first choice of spot is taken by another artist (a speed-up bracket) goes elsewhere."""
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 10)
+    renderer = fig.canvas.get_renderer()
+    (free,) = place_labels(ax, [(5, 5, "S", "k")])
+    spot = Text.get_window_extent(free, renderer)
+    free.remove()
+    x, y = ax.transData.inverted().transform(((spot.x0 + spot.x1) / 2, (spot.y0 + spot.y1) / 2))
+    bracket = ax.text(x, y, "1.5x", ha="center", va="center", fontsize=12)
+    (label,) = place_labels(ax, [(5, 5, "S", "k")], obstacles=[bracket])
+    assert Text.get_window_extent(bracket, renderer).overlaps(spot)
+    assert not Text.get_window_extent(bracket, renderer).overlaps(Text.get_window_extent(label, renderer))
+    plt.close(fig)

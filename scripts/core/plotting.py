@@ -88,8 +88,12 @@ _RINGS = (1.0, 2.0, 3.0, 4.5, 6.0, 8.0)
 
 
 def place_labels(ax, items: Sequence[Tuple[float, float, str, str]], fontsize: float = 7.5,
-                 marker_px: float = 6.0, merge_px: float = 14.0, pad_px: float = 2.0) -> List:
+                 marker_px: float = 6.0, merge_px: float = 14.0, pad_px: float = 2.0,
+                 obstacles: Sequence = ()) -> List:
     """Annotate points ``(x, y, text, color)`` without overlaps; returns the text artists.
+
+    The labels also keep clear of the ``obstacles`` (artists already drawn, such as
+    an annotation of the panel).
 
     Points closer than ``merge_px`` on screen that carry the same text (the same
     model size on two nearly equal curves) share one label. Call it once the
@@ -101,7 +105,7 @@ def place_labels(ax, items: Sequence[Tuple[float, float, str, str]], fontsize: f
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    taken = []
+    taken = [a.get_window_extent(renderer) for a in obstacles]
     for x, y, *_ in items:   # markers are obstacles too
         cx, cy = ax.transData.transform((x, y))
         taken.append(Bbox.from_extents(cx - marker_px, cy - marker_px, cx + marker_px, cy + marker_px))
