@@ -62,7 +62,7 @@ def _format_eta(seconds: float) -> str:
 
 
 class _NoWatchdog:
-    def phase(self, what) -> None:
+    def phase(self, what, waits_for_peers=False) -> None:
         pass
 
 
@@ -234,14 +234,16 @@ def train_one_epoch(
                 images, targets = mixup_fn(images, targets)
             micro.append((images, targets))
         data_time += time.time() - tic
-        wd.phase(f"training step {step + 1} of epoch {epoch} (forward, backward and the gradient all-reduce)")
+        wd.phase(f"training step {step + 1} of epoch {epoch} (forward, backward and the gradient all-reduce)",
+                 waits_for_peers=True)
         result = step_unit(micro, where=f"at epoch {epoch} step {step}")
         num_updates += 1
         scheduler.step_update(num_updates=num_updates)
         for entry in bad_here:
             log.warning(f"unreadable training image replaced (epoch {epoch} step {step}): {entry}")
         bad_seen.extend(bad_here)
-        wd.phase(f"exchanging stop signals and bad-file counts with the other processes after step {step + 1}")
+        wd.phase(f"exchanging stop signals and bad-file counts with the other processes after step {step + 1}",
+                 waits_for_peers=True)
         signum, bad_total = agree(stop, len(bad_here), world_size)
         wd.phase(None)
         epoch_bad += bad_total
@@ -286,7 +288,7 @@ def train_one_epoch(
             stopped = signum
             break
 
-    wd.phase(f"averaging the epoch's loss over the processes (epoch {epoch})")
+    wd.phase(f"averaging the epoch's loss over the processes (epoch {epoch})", waits_for_peers=True)
     sums = all_reduce_sum([loss_sum, norm_sum, float(steps_done), float(norm_steps)])
     wd.phase(None)
     return dict(loss=sums[0] / max(sums[2], 1.0), grad_norm=sums[1] / max(sums[3], 1.0),
@@ -333,7 +335,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Op
                              torch.tensor(float(targets.shape[0]), dtype=torch.float64, device=device)])
         if (i + 1) % print_freq == 0:
             log.info(f"Test: [{i + 1}/{n_batches}]  {time.time() - start:.1f}s")
-    wd.phase("summing the evaluation over the processes")
+    wd.phase("summing the evaluation over the processes", waits_for_peers=True)
     total = all_reduce_sum(sums).cpu().tolist()
     wd.phase(None)
     model.train(was_training)

@@ -41,7 +41,7 @@ from utils.preemption import StopRequest, exit_code
 from utils.records import make_record_dir, record_root, run_dir, write_json, write_text
 from utils.schedule import format_lr, schedule_warning
 from utils.training_state import StartError, TrainingState, build_model_checked, find_start
-from utils.watchdog import Watchdog
+from utils.watchdog import PEER_GRACE_S, Watchdog
 
 # Errors that are the user's to fix: reported in one line, exit code 2, no traceback.
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, CheckpointError, InputSizeError, StartError)
@@ -318,7 +318,8 @@ def run_train(cfg, proc: Process) -> int:
 def run(args) -> int:
     """Config -> process group -> the mode of ``args``; returns the exit code."""
     cfg = get_config(args)
-    timeout = cfg.WATCHDOG_TIMEOUT + 60 if cfg.WATCHDOG_TIMEOUT else None  # the watchdog's message comes first
+    # the collectives' own timeout ends after the watchdog's longest bound, so that its message comes first
+    timeout = cfg.WATCHDOG_TIMEOUT + PEER_GRACE_S + 30 if cfg.WATCHDOG_TIMEOUT else None
     rank, world_size, _, device = init_distributed(timeout_s=timeout)
     create_logger(rank=rank)
     if device.type == "cpu":

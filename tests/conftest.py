@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 # No test may hang the suite: past its limit (set-up of the fixtures it needs included) a test fails with
-# the tracebacks of every thread. The whole default suite takes about 6 minutes on 2 cores.
+# the tracebacks of every thread. The longest default test takes about a minute on 2 cores.
 TIME_LIMIT_S = int(os.environ.get("FLATTEN_TEST_TIME_LIMIT_S", 600))
 SLOW_TIME_LIMIT_S = 3600
 

@@ -3,7 +3,7 @@ suite goes on to the next test."""
 import os
 import sys
 
-from cli_runs import start_cmd
+from cli_runs import Running
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +18,7 @@ def test_a_hanging_test_fails_at_its_limit_and_the_suite_goes_on(tmp_path):
         "    threading.Event().wait()   # waits for ever without the limit\n"
         "def test_next():\n"
         "    pass\n")
-    r = start_cmd([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
+    r = Running([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
                    "--rootdir", str(tmp_path), str(tests)], FLATTEN_TEST_TIME_LIMIT_S="2").finish(120)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out

@@ -4,14 +4,14 @@ import os
 import signal
 import sys
 
-from cli_runs import start_cmd
+from cli_runs import Running
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _launcher(script, nproc=2, args=()):
     code = f"import sys; from utils.launch import launch; sys.exit(launch({str(script)!r}, {list(args)!r}, {nproc}))"
-    return start_cmd([sys.executable, "-c", code], PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    return Running([sys.executable, "-c", code], PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
 
 
 def test_root_cause_is_printed_once_last_with_its_code(tmp_path):
@@ -66,3 +66,19 @@ def test_signal_to_the_launcher_is_forwarded_and_waited_for(tmp_path):
     assert r.returncode == 143, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "stopped by SIGTERM in rank 0: saved"
     assert "Traceback" not in r.stderr and "error:" not in r.stderr
+
+
+def test_a_stall_in_a_collective_is_not_taken_for_the_cause(capsys):
+    """Rank 1 entered the all-reduce a moment before rank 0 began to wait for its loader (rank 0 was
+    still logging the previous step): the loader's stall is the cause, though it began later."""
+    from utils.launch import _summarize
+    collective = dict(time=100.000, rank=1, code=3, kind="stuck", waits_for_peers=True,
+                      line="no progress for 3 s while training step 3 of epoch 0 (...)")
+    loader = dict(time=100.004, rank=0, code=3, kind="stuck", waits_for_peers=False,
+                  line="no progress for 3 s while waiting for batch 3 of epoch 0 from the training data loader")
+    assert _summarize([collective, loader], None, None, 0) == 3
+    assert capsys.readouterr().err == f"error: {loader['line']}\n"
+    # Only collectives stalled (a peer that died without a report): the earliest of them.
+    later = dict(collective, rank=0, time=100.5, line="no progress for 3 s while summing the evaluation")
+    assert _summarize([later, collective], None, None, 0) == 3
+    assert capsys.readouterr().err == f"error: {collective['line']}\n"

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_runs import (BAD_NAME, TINY_YAML, VAL_PER_CLASS, assert_same, check_ok, finish, one_error_line,
-                      read_json, read_jsonl, run, start, start_cmd, stop_group_at, tree, write_image_folder)
+from cli_runs import (BAD_NAME, TINY_YAML, VAL_PER_CLASS, Running, assert_same, check_ok, finish, one_error_line,
+                      read_json, read_jsonl, run, start, stop_group_at, tree, write_image_folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,7 +187,7 @@ def test_later_commands_leave_the_run_alone_and_errors_are_one_line(tiny, refere
     argvs = dict(ok, **{k: v[0] for k, v in errors.items()})
     procs = {"eval": start(a + ["--eval", "--resume", ckpt]),
              "throughput": start(a + ["--throughput", "--batch-size", "2"]),
-             "driver": start_cmd([sys.executable, "-c", _DRIVER, json.dumps(argvs)])}
+             "driver": Running([sys.executable, "-c", _DRIVER, json.dumps(argvs)])}
     results = {k: finish(p) for k, p in procs.items()}
     for r in results.values():
         check_ok(r)
@@ -316,7 +316,7 @@ def test_eval_exact_across_processes_and_released_format(tiny, ddp_reference):
     _released_checkpoint(ckpt, released, tiny["cfg"])
     argvs = {"one": tiny["args"] + ["--eval", "--resume", ckpt, "--tag", "one"],
              "released": tiny["args"] + ["--eval", "--resume", released, "--tag", "released"]}
-    r = check_ok(finish(start_cmd([sys.executable, "-c", _DRIVER, json.dumps(argvs)])))
+    r = check_ok(finish(Running([sys.executable, "-c", _DRIVER, json.dumps(argvs)])))
     got = json.loads(r.stdout.split("RESULTS", 1)[1])
     assert got["one"]["code"] == got["released"]["code"] == 0, got
     e2 = read_json(os.path.join(ddp_reference, "eval.json"))

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from utils.watchdog import EXIT_STUCK, Watchdog
+from utils.watchdog import EXIT_STUCK, PEER_GRACE_S, Watchdog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,3 +49,21 @@ def test_phases_that_end_keep_it_quiet():
     off = Watchdog(0)
     off.start()
     assert not off.enabled and off._thread is None
+
+
+def test_a_wait_on_the_other_processes_gets_the_grace_and_says_so(tmp_path):
+    """A phase with a collective fires only after timeout + grace (capped at the timeout): the process
+    that stalled on its own reports first. The line names both bounds."""
+    code = ("import threading\n"
+            "from utils.watchdog import Watchdog\n"
+            "with Watchdog(1) as wd:\n"
+            "    assert wd.peer_grace_s == 1\n"
+            "    wd.phase('summing the evaluation over the processes', waits_for_peers=True)\n"
+            "    threading.Event().wait()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == EXIT_STUCK, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: no progress for 2 s while summing the evaluation over the processes (WATCHDOG_TIMEOUT=1 + 1 s "
+        "for a wait on the other processes); a stuck data loader, file system or process ended the run"]
+    assert Watchdog(1800).peer_grace_s == PEER_GRACE_S == 30

@@ -44,7 +44,8 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def report(line: str, code: int, kind: str = "error", since: Optional[float] = None) -> None:
+def report(line: str, code: int, kind: str = "error", since: Optional[float] = None,
+           waits_for_peers: bool = False) -> None:
     """Report this process's outcome in one line.
 
     Args:
@@ -55,12 +56,15 @@ def report(line: str, code: int, kind: str = "error", since: Optional[float] = N
             process, which reports the cause itself) or ``stopped`` (a signal).
         since: when the failure began (wall clock; the watchdog's stall start), if
             earlier than now: the launcher orders failures by it.
+        waits_for_peers: the failure is a stall in a phase that waits for the other
+            processes (a collective), so it may be a consequence of another's failure.
 
     Under the launcher the line goes to the launcher, which prints one line for
     the whole job; otherwise errors are printed to stderr as ``error: <line>``
     (``stopped`` is not printed: the training log already says it).
-    The launcher prefers the earliest error/failed/stuck line over ``peer`` and
-    ``stopped`` lines, so the cause is what it prints.
+    The launcher prefers error/failed/stuck lines over ``peer`` and ``stopped``
+    lines, and among them those that do not wait for peers, then the earliest, so
+    the cause is what it prints.
     """
     text = _one_line(line)
     folder = os.environ.get(RECORDS_ENV, "")
@@ -68,7 +72,7 @@ def report(line: str, code: int, kind: str = "error", since: Optional[float] = N
         rank = os.environ.get("RANK", "0")
         now = time.time()
         record = dict(time=now if since is None else min(now, since), rank=int(rank) if rank.isdigit() else 0,
-                      code=int(code), kind=kind, line=text)
+                      code=int(code), kind=kind, line=text, waits_for_peers=bool(waits_for_peers))
         path = os.path.join(folder, f"rank{rank}.{kind}.json")
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
@@ -101,7 +105,7 @@ def _quiet_torch_elastic() -> None:
 def _summarize(records: List[Dict], failed_code: Optional[int], failed_rank: Optional[int], signum: int) -> int:
     failures = [r for r in records if r.get("kind") in _FAILURE_KINDS]
     if failures:
-        root = min(failures, key=lambda r: r["time"])
+        root = min(failures, key=lambda r: (bool(r.get("waits_for_peers")), r["time"]))
         print(f"error: {root['line']}", file=sys.stderr, flush=True)
         return int(root["code"])
     stopped = sorted((r for r in records if r.get("kind") == "stopped"), key=lambda r: r["rank"])
