@@ -19,7 +19,7 @@ def test_a_hanging_test_fails_at_its_limit_and_the_suite_goes_on(tmp_path):
         "def test_next():\n"
         "    pass\n")
     r = Running([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
-                   "--rootdir", str(tmp_path), str(tests)], FLATTEN_TEST_TIME_LIMIT_S="2").finish(120)
+                 "--rootdir", str(tmp_path), str(tests)], FLATTEN_TEST_TIME_LIMIT_S="2").finish(120)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert "TimeoutError: tests/test_hang.py::test_hangs ran past its time limit of 2 s" in out, out

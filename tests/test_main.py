@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_runs import (BAD_NAME, TINY_YAML, VAL_PER_CLASS, Running, assert_same, check_ok, finish, one_error_line,
+from cli_runs import (BAD_NAME, TINY_YAML, VAL_PER_CLASS, Running, assert_same, check_ok, one_error_line,
                       read_json, read_jsonl, run, start, stop_group_at, tree, write_image_folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,7 +188,7 @@ def test_later_commands_leave_the_run_alone_and_errors_are_one_line(tiny, refere
     procs = {"eval": start(a + ["--eval", "--resume", ckpt]),
              "throughput": start(a + ["--throughput", "--batch-size", "2"]),
              "driver": Running([sys.executable, "-c", _DRIVER, json.dumps(argvs)])}
-    results = {k: finish(p) for k, p in procs.items()}
+    results = {k: p.finish() for k, p in procs.items()}
     for r in results.values():
         check_ok(r)
     got = json.loads(results["driver"].stdout.split("RESULTS", 1)[1])
@@ -247,7 +247,7 @@ def two_process_runs(tiny, tmp_path_factory):
         "stuck": start(tiny["args"][:3] + [stuck] + tiny["args"][4:] + ["--tag", "stuck", "--batch-size", "1"]
                        + WORKERS + ["--opts", "WATCHDOG_TIMEOUT", "3"], nproc=2),
     }
-    results = {k: finish(p) for k, p in procs.items()}
+    results = {k: p.finish() for k, p in procs.items()}
     check_ok(results["ddp"])
     return dict(results, ddp_dir=out_dir(tiny, "ddp"))
 
@@ -316,7 +316,7 @@ def test_eval_exact_across_processes_and_released_format(tiny, ddp_reference):
     _released_checkpoint(ckpt, released, tiny["cfg"])
     argvs = {"one": tiny["args"] + ["--eval", "--resume", ckpt, "--tag", "one"],
              "released": tiny["args"] + ["--eval", "--resume", released, "--tag", "released"]}
-    r = check_ok(finish(Running([sys.executable, "-c", _DRIVER, json.dumps(argvs)])))
+    r = check_ok(Running([sys.executable, "-c", _DRIVER, json.dumps(argvs)]).finish())
     got = json.loads(r.stdout.split("RESULTS", 1)[1])
     assert got["one"]["code"] == got["released"]["code"] == 0, got
     e2 = read_json(os.path.join(ddp_reference, "eval.json"))
