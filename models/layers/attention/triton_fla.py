@@ -26,19 +26,21 @@ Importing this module never fails: ``HAS_TRITON`` says whether triton is there.
 The kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1``, used by the tests).
 
-Fail-safe. Before the kernel's first use in the ``auto`` mode on a device and
-input dtype, :func:`usable` runs it once on small random tensors, forward and
+Fail-safe. Before the first use in the ``auto`` mode of each kernel variant
+(device, input and feature dtypes, channels, heads, power: :class:`VariantKey`),
+:func:`usable` runs that variant once on small random tensors, forward and
 backward, against the fused PyTorch path. On a mismatch, or on any error
 (a compiler or driver that cannot build the kernel), it logs one warning that
-says why and keeps that device and dtype on the PyTorch path for the rest of
-the process. ``FLATTEN_ATTENTION_IMPL=triton`` still forces the kernel and
+says why and keeps that variant on the PyTorch path for the rest of the
+process. The check can run inside a model's forward, gradient checkpointing
+included: its own autograd graph is kept out of the checkpoint's bookkeeping. ``FLATTEN_ATTENTION_IMPL=triton`` still forces the kernel and
 ``torch`` keeps it off; neither runs the check.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -51,7 +53,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     tl = None
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "focused_feature_map_triton", "usable", "self_check", "verdicts", "AUTO_DEVICE_TYPES"]
+__all__ = ["HAS_TRITON", "focused_feature_map_triton", "usable", "self_check", "verdicts", "VariantKey",
+           "AUTO_DEVICE_TYPES"]
 
 _logger = logging.getLogger(__name__)
 
@@ -208,7 +211,10 @@ class _FocusedFeatureMap(torch.autograd.Function):
         block_r, block_c = _launch_config(C)
         R = B * N
         n_prog = triton.cdiv(R, block_r)
-        gx = torch.empty(B, N, C, device=x.device, dtype=x.dtype)
+        # With a positional encoding to differentiate, dL/dx is written in float32 and rounded to x's dtype
+        # afterwards: its batch sum is dL/dpe, which a half-precision buffer would round before summing.
+        g_bias_needed = bias is not None and ctx.needs_input_grad[2]
+        gx = torch.empty(B, N, C, device=x.device, dtype=torch.float32 if g_bias_needed else x.dtype)
         part_t = torch.empty(n_prog, C, device=x.device, dtype=torch.float32)
         _feature_map_bwd_kernel[(n_prog,)](
             x, bias if bias is not None else x, temperature, grad_out, gx, part_t, R, N, C,
@@ -217,9 +223,9 @@ class _FocusedFeatureMap(torch.autograd.Function):
         g_temp = g_bias = None
         if ctx.needs_input_grad[1]:
             g_temp = -(part_t.sum(0) / temperature).view(1, 1, C)
-        if bias is not None and ctx.needs_input_grad[2]:
-            g_bias = gx.sum(0, dtype=torch.float32).view(1, N, C)
-        return gx, g_temp, g_bias, None, None, None, None, None
+        if g_bias_needed:
+            g_bias = gx.sum(0).view(1, N, C).to(bias.dtype)
+        return gx.to(x.dtype), g_temp, g_bias, None, None, None, None, None
 
 
 def focused_feature_map_triton(x: torch.Tensor, temperature: torch.Tensor, bias: Optional[torch.Tensor],
@@ -248,8 +254,25 @@ def focused_feature_map_triton(x: torch.Tensor, temperature: torch.Tensor, bias:
 # -- fail-safe ---------------------------------------------------------------------------------------
 # Device types on which the 'auto' mode considers the kernel (the tests add 'cpu' under TRITON_INTERPRET=1).
 AUTO_DEVICE_TYPES = ("cuda",)
-# (device, input dtype) -> (kernel usable, what the check found)
-_VERDICTS: Dict[Tuple[str, torch.dtype], Tuple[bool, str]] = {}
+class VariantKey(NamedTuple):
+    """One kernel variant: what the fail-safe checks separately."""
+    device: str
+    in_dtype: torch.dtype
+    out_dtype: torch.dtype
+    channels: int
+    num_heads: int
+    p: float
+    focused: bool
+
+    def describe(self) -> str:
+        def name(dtype):
+            return str(dtype).replace("torch.", "")
+        return (f"{self.device}, {name(self.in_dtype)} input, {name(self.out_dtype)} features, "
+                f"C={self.channels} h={self.num_heads} p={self.p:g}" + ("" if self.focused else " (not focused)"))
+
+
+# variant -> (kernel usable, what the check found)
+_VERDICTS: Dict[VariantKey, Tuple[bool, str]] = {}
 # Shape of the check: 2 x 37 tokens (not a multiple of the row block), with a positional encoding.
 _CHECK_BATCH, _CHECK_TOKENS = 2, 37
 
@@ -265,6 +288,10 @@ def check_tolerance(out_dtype: torch.dtype) -> float:
     if out_dtype == torch.float32:
         return 1e-4
     return 8 * torch.finfo(out_dtype).eps
+
+
+def _keep(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -296,7 +323,11 @@ def self_check(device: torch.device, in_dtype: torch.dtype, out_dtype: torch.dty
         return (torch.randn(*shape, generator=g) * std).to(device)
 
     try:
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        # The check may run inside a model's forward, e.g. in a block under non-reentrant gradient checkpointing,
+        # whose saved-tensor hooks would count the check's own saved tensors as the block's (and find them
+        # missing when the block is recomputed without the check). Hooks of its own keep them apart.
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False), \
+                torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
             x0 = rand(B, N, C, std=2.0).to(in_dtype)
             t0 = torch.nn.functional.softplus(rand(1, 1, C, std=0.5))
             b0 = rand(1, N, C, std=0.5)
@@ -325,25 +356,29 @@ def self_check(device: torch.device, in_dtype: torch.dtype, out_dtype: torch.dty
 
 def usable(x: torch.Tensor, out_dtype: torch.dtype, num_heads: int, p: float, focused: bool,
            reference: FeatureMap) -> bool:
-    """Whether the ``auto`` mode may run the kernel on ``x``'s device and dtype (checked once, see above)."""
-    key = (str(x.device), x.dtype)
+    """Whether the ``auto`` mode may run the kernel on ``x`` (checked once per variant, see above).
+
+    A variant is what selects a compiled kernel: the device, the input and feature
+    dtypes, the channels, the heads, the power and the focusing switch.
+    """
+    key = VariantKey(str(x.device), x.dtype, out_dtype, int(x.shape[-1]), int(num_heads), float(p), bool(focused))
     verdict = _VERDICTS.get(key)
     if verdict is None:
         start = time.perf_counter()
-        verdict = self_check(x.device, x.dtype, out_dtype, x.shape[-1], num_heads, p, focused, reference)
+        verdict = self_check(x.device, x.dtype, out_dtype, key.channels, key.num_heads, key.p, key.focused, reference)
         _VERDICTS[key] = verdict
         ok, why = verdict
-        where = f"{x.device} for {str(x.dtype).replace('torch.', '')} input"
         if ok:
-            _logger.info("Triton feature map checked on %s in %.2f s: %s", where, time.perf_counter() - start, why)
+            _logger.info("Triton feature map checked for %s in %.2f s: %s", key.describe(),
+                         time.perf_counter() - start, why)
         else:
-            _logger.warning("Triton feature map disabled on %s: %s; focused attention uses the PyTorch path "
-                            "(FLATTEN_ATTENTION_IMPL=triton forces the kernel)", where, why)
+            _logger.warning("Triton feature map disabled for %s: %s; focused attention uses the PyTorch path "
+                            "there (FLATTEN_ATTENTION_IMPL=triton forces the kernel)", key.describe(), why)
     return verdict[0]
 
 
-def verdicts() -> Dict[Tuple[str, torch.dtype], Tuple[bool, str]]:
-    """What the checks of this process found, by (device, input dtype)."""
+def verdicts() -> Dict["VariantKey", Tuple[bool, str]]:
+    """What the checks of this process found, by variant."""
     return dict(_VERDICTS)
 
 
