@@ -21,7 +21,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -34,17 +34,20 @@ from models import ModelConfigError
 from models.layers import InputSizeError
 from utils.checkpoint import CheckpointError, load_model_state, load_pretrained, safe_load
 from utils.cpu_memory import keep_freed_memory
-from utils.distributed import barrier, broadcast_object, cleanup, init_distributed
+from utils.cluster import ClusterEnvError, world_from_env
+from utils.distributed import DeviceError, barrier, broadcast_object, cleanup, init_distributed
+from utils.hardware import HardwareError, choose_amp_dtype, set_tf32, tf32_state
 from utils.launch import launch, report
 from utils.logging import JsonLogger, TensorboardWriter, attach_log_file, create_logger, detail_logger
 from utils.preemption import StopRequest, exit_code
 from utils.records import make_record_dir, record_root, run_dir, write_json, write_text
 from utils.schedule import format_lr, schedule_warning
-from utils.training_state import StartError, TrainingState, build_model_checked, find_start
+from utils.training_state import StartError, TrainingState, build_model_checked, decide_start
 from utils.watchdog import PEER_GRACE_S, Watchdog
 
 # Errors that are the user's to fix: reported in one line, exit code 2, no traceback.
-USER_ERRORS = (ConfigError, DataError, ModelConfigError, CheckpointError, InputSizeError, StartError)
+USER_ERRORS = (ConfigError, DataError, ModelConfigError, CheckpointError, InputSizeError, StartError, DeviceError,
+               HardwareError, ClusterEnvError)
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
 _LAUNCH_FLAGS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port")
@@ -99,6 +102,7 @@ class Process:
     world_size: int
     device: torch.device
     amp_dtype: Optional[torch.dtype]
+    amp_note: str = ""
 
 
 def _seed_everything(seed: int) -> None:
@@ -117,18 +121,12 @@ def _set_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def _amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype: with AMP on, on CUDA (and on the CPU with AMP_CPU); bfloat16 falls back to
-    float16 on GPUs without it. float16 trains with a loss scaler on either device."""
+def _amp_dtype(cfg, device: torch.device) -> Tuple[Optional[torch.dtype], str]:
+    """Autocast dtype and why: with AMP on, on CUDA (and on the CPU with AMP_CPU); bfloat16 only on GPUs that
+    compute it natively, else float16 (utils/hardware.py). float16 trains with a loss scaler on either device."""
     if not cfg.AMP or (device.type != "cuda" and not (device.type == "cpu" and cfg.AMP_CPU)):
-        return None
-    if device.type == "cpu":
-        return torch.bfloat16 if cfg.AMP_DTYPE == "bfloat16" else torch.float16
-    if cfg.AMP_DTYPE == "bfloat16":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        logger.warning("this GPU has no bfloat16: using float16 with a loss scaler")
-    return torch.float16
+        return None, "off" + ("" if cfg.AMP else " (AMP False)")
+    return choose_amp_dtype(cfg.AMP_DTYPE, device)
 
 
 def _criterion(mixup_fn, smoothing: float):
@@ -236,9 +234,9 @@ def _summary(cfg, eff, proc: Process, data, state, out: str, start) -> List[str]
         f"{eff.DATA.BATCH_SIZE * proc.world_size * accum} ({eff.DATA.BATCH_SIZE} x {proc.world_size} process(es)"
         f" x {accum}), lr {format_lr(t.BASE_LR)} (warm-up from {format_lr(t.WARMUP_LR)}, min "
         f"{format_lr(t.MIN_LR)}), weight decay {t.WEIGHT_DECAY:g} ({t.WEIGHT_DECAY_GROUPS} groups)",
-        f"device {proc.device}, autocast "
-        f"{str(proc.amp_dtype).replace('torch.', '') if proc.amp_dtype else 'off'}; "
-        f"full config in {os.path.join(out, 'config.yaml')}",
+        f"device {proc.device}, autocast {proc.amp_note}"
+        + (f", TF32 {tf32_state()}" if proc.device.type == "cuda" else "")
+        + f"; full config in {os.path.join(out, 'config.yaml')}",
     ]
 
 
@@ -255,7 +253,8 @@ def run_train(cfg, proc: Process) -> int:
     if steps_per_epoch == 0:
         raise ConfigError(f"TRAIN.ACCUMULATION_STEPS={accum} exceeds the {len(data.loader_train)} batches of an "
                           f"epoch")
-    start = find_start(out, resume=cfg.MODEL.RESUME, pretrained=cfg.MODEL.PRETRAINED, auto=cfg.TRAIN.AUTO_RESUME)
+    start = decide_start(out, resume=cfg.MODEL.RESUME, pretrained=cfg.MODEL.PRETRAINED, auto=cfg.TRAIN.AUTO_RESUME,
+                         node=world_from_env().node)
     if start.finished(eff.TRAIN.EPOCHS):
         logger.info(f"nothing to do: {start.path} holds all {eff.TRAIN.EPOCHS} epochs of this run")
         return 0
@@ -326,7 +325,12 @@ def run(args) -> int:
         logger.info(f"CPU malloc: {keep_freed_memory()} (utils/cpu_memory.py)")
     _seed_everything(cfg.SEED + rank)
     _set_determinism(cfg.DETERMINISTIC)
-    proc = Process(rank, world_size, device, _amp_dtype(cfg, device))
+    set_tf32(cfg.TF32)
+    proc = Process(rank, world_size, device, *_amp_dtype(cfg, device))
+    for note in (world_from_env().note, proc.amp_note if proc.amp_dtype == torch.float16 and
+                 cfg.AMP_DTYPE == "bfloat16" else ""):
+        if note:
+            logger.warning(note)
     if cfg.THROUGHPUT_MODE:
         return run_throughput(cfg, proc)
     if cfg.EVAL_MODE:

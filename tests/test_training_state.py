@@ -116,3 +116,52 @@ def test_checkpoint_records_its_position(tmp_path):
     end = state.state_dict(mid_epoch=False)
     assert end["epoch"] == 3 and "mid_epoch" not in end and end["config"] == cfg.dump()
     assert state.model.head.out_features == 4 and len(end["rng"]) == 1
+
+
+# ----------------------------------------------------------------------------- one starting point per job
+def _can_isolate_a_node():
+    """Root may give a process its own mount and host-name namespaces (a second 'node' on this machine)."""
+    import subprocess
+    try:
+        return subprocess.run(["unshare", "-m", "-u", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not _can_isolate_a_node(), reason="needs unshare -m -u (root) to simulate a second node")
+def test_a_node_that_cannot_see_the_checkpoint_ends_the_job_in_one_line(tmp_path):
+    """Two 'nodes' (the launcher with --nnodes 2, one process each). Node 1 runs in a mount namespace whose
+    output folder is an empty tmpfs and whose host name is node1: it cannot see the checkpoint that node 0
+    resumes from. Rank 0 chooses, rank 1 cannot read the choice: both end with the one line that names
+    the node, the rank and the path (before: rank 1 started fresh while rank 0 resumed)."""
+    import sys
+
+    from cli_runs import MAIN, TINY_YAML, Running, check_ok, one_error_line, run, tree, write_image_folder
+    data = write_image_folder(tmp_path / "data")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    out = tmp_path / "out"
+    args = ["--cfg", str(cfg), "--data-path", data, "--output", str(out), "--opts", "TRAIN.EPOCHS", "3"]
+    check_ok(run(args + ["TRAIN.EPOCHS", "1"]))             # node 0's folder holds a run's checkpoint (epoch 0)
+    last = out / "tiny" / "default" / "last.pth"
+    assert last.is_file()
+    before = tree(last.parent)
+    port = _free_port()
+    multi = ["--nproc-per-node", "1", "--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    node0 = Running([sys.executable, MAIN] + multi + ["--node-rank", "0"] + args)
+    inner = " ".join([sys.executable, MAIN] + multi + ["--node-rank", "1"] + args)
+    node1 = Running(["unshare", "-m", "-u", "sh", "-c", f"hostname node1 && mount -t tmpfs none {out} && exec {inner}"])
+    r0, r1 = node0.finish(300), node1.finish(300)
+    for r in (r0, r1):
+        line = one_error_line(r)
+        assert line == (f"error: rank 1 on node node1 cannot read {last}, the starting point rank 0 chose (auto): "
+                        f"checkpoint not found: {last}; every node needs the run folder and any --resume/--pretrained "
+                        f"file at the same path (a shared file system, or a copy)"), line
+    assert tree(last.parent) == before                       # nothing of the run was touched

@@ -13,6 +13,9 @@ A ``--resume`` or ``--pretrained`` that the run in the folder was not started
 with is an error (it would be ignored): continue without the flag, or start a
 fresh run with another ``--tag``. Both flags at once are an error too.
 
+With several processes, rank 0 makes that choice and broadcasts it
+(:func:`decide_start`); the others load the same file or end the job in one line.
+
 Everything here that can fail on user input (checkpoint files, model sizes)
 runs before the run writes anything.
 """
@@ -29,9 +32,11 @@ import torch
 from .checkpoint import (CHECKPOINT_VERSION, CheckpointError, auto_resume, disk_usage, get_rng_state,
                          load_model_state, load_pretrained, numbered_checkpoints, prune_numbered, publish,
                          safe_load, save_checkpoint, set_rng_state)
-from .distributed import barrier, gather_objects
+import torch.distributed as dist
 
-__all__ = ["StartError", "StartPoint", "find_start", "build_model_checked", "TrainingState", "FRESH_RUN_HINT"]
+from .distributed import barrier, broadcast_object, gather_objects, is_dist
+
+__all__ = ["StartError", "StartPoint", "find_start", "decide_start", "build_model_checked", "TrainingState", "FRESH_RUN_HINT"]
 
 _logger = logging.getLogger(__name__)
 
@@ -96,6 +101,57 @@ def find_start(run_dir: str, *, resume: str = "", pretrained: str = "", auto: bo
             safe_load(pretrained)  # the one message for a missing / unreadable file
         return StartPoint("pretrained", pretrained, None, started_from=given)
     return StartPoint("fresh", started_from=given)
+
+
+def decide_start(run_dir: str, *, resume: str = "", pretrained: str = "", auto: bool = True,
+                 node: Optional[str] = None) -> StartPoint:
+    """:func:`find_start` decided once for the whole job: by rank 0, then broadcast.
+
+    Every other rank loads the file rank 0 chose (the same path), so all ranks
+    start from one checkpoint even when some nodes see other files (no shared
+    file system). A rank that cannot read it ends the job on every rank with
+    one :class:`StartError` line naming its node, its rank and the path; an
+    error of rank 0's choice is raised on every rank. Never a hang.
+    """
+    if not is_dist():
+        return find_start(run_dir, resume=resume, pretrained=pretrained, auto=auto)
+    rank = dist.get_rank()
+    start, choice = None, None
+    if rank == 0:
+        try:
+            start = find_start(run_dir, resume=resume, pretrained=pretrained, auto=auto)
+            choice = ("ok", start.kind, start.path, dict(start.started_from))
+        except Exception as e:     # every rank must hear of it, or they wait for the choice until the timeout
+            choice = ("error", type(e).__name__, " ".join(str(e).split()))
+            broadcast_object(choice)
+            raise
+    choice = broadcast_object(choice)
+    if choice[0] == "error":
+        error = {"StartError": StartError, "CheckpointError": CheckpointError}.get(choice[1])
+        if error is None:
+            raise StartError(f"rank 0 could not choose where the run starts ({choice[1]}: {choice[2]})")
+        raise error(choice[2])
+    _, kind, path, started_from = choice
+    problem = None
+    if rank != 0:
+        try:
+            ckpt = None
+            if kind in ("auto", "resume"):
+                ckpt = safe_load(path)
+            elif kind == "pretrained":
+                with open(path, "rb") as f:
+                    f.read(1)
+            start = StartPoint(kind, path, ckpt, started_from=started_from)
+        except (CheckpointError, OSError) as e:
+            problem = (rank, node or os.uname().nodename, " ".join(str(e).split()))
+    problems = [p for p in gather_objects(problem) if p is not None]
+    if problems:
+        bad_rank, bad_node, why = problems[0]
+        others = f" (and {len(problems) - 1} more rank(s))" if len(problems) > 1 else ""
+        raise StartError(f"rank {bad_rank} on node {bad_node}{others} cannot read {path}, the starting point "
+                         f"rank 0 chose ({kind}): {why}; every node needs the run folder and any --resume/--pretrained "
+                         f"file at the same path (a shared file system, or a copy)")
+    return start
 
 
 def numbered_or_last(folder: str) -> bool:
