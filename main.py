@@ -32,6 +32,7 @@ from data.datasets import DataError
 from engine import TrainingError, evaluate, fit, throughput
 from models import ModelConfigError
 from models.layers import InputSizeError
+from models.layers.attention import attention_impl_problem
 from utils.checkpoint import CheckpointError, load_model_state, load_pretrained, safe_load
 from utils.cpu_memory import keep_freed_memory
 from utils.cluster import ClusterEnvError, world_from_env
@@ -323,6 +324,9 @@ def run(args) -> int:
     create_logger(rank=rank)
     if device.type == "cpu":
         logger.info(f"CPU malloc: {keep_freed_memory()} (utils/cpu_memory.py)")
+    problem = attention_impl_problem(device)
+    if problem:
+        raise ConfigError(problem)
     _seed_everything(cfg.SEED + rank)
     _set_determinism(cfg.DETERMINISTIC)
     set_tf32(cfg.TF32)

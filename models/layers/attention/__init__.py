@@ -8,12 +8,13 @@
 """
 from .base import EPS, LinearAttention
 from .factory import LA_KINDS, LINEAR_ATTENTIONS, checked_la_kwargs, create_linear_attention, make_la_kwargs
-from .focused import (ATTENTION_IMPLS, FocusedLinearAttention, attention_impl, explicit_attention_matrix,
-                      focused_features, focusing_function, get_attention_impl, linear_attention, set_attention_impl)
+from .focused import (ATTENTION_IMPLS, FocusedLinearAttention, attention_impl, attention_impl_problem,
+                      explicit_attention_matrix, focused_features, focusing_function, get_attention_impl,
+                      linear_attention, set_attention_impl)
 from .table3 import AngularAttention, EfficientAttention, EnhancedLinearAttention, HydraAttention
 
 __all__ = ["EPS", "LinearAttention", "FocusedLinearAttention", "HydraAttention", "EfficientAttention",
            "AngularAttention", "EnhancedLinearAttention", "LINEAR_ATTENTIONS", "LA_KINDS", "make_la_kwargs",
-           "checked_la_kwargs", "create_linear_attention", "ATTENTION_IMPLS", "attention_impl",
+           "checked_la_kwargs", "create_linear_attention", "ATTENTION_IMPLS", "attention_impl", "attention_impl_problem",
            "set_attention_impl", "get_attention_impl", "focusing_function", "focused_features", "linear_attention",
            "explicit_attention_matrix"]

@@ -56,17 +56,20 @@ from .base import EPS, LinearAttention, at_least_fp32, check_focusing_factor, ch
 
 __all__ = ["FocusedLinearAttention", "focusing_function", "focused_features", "linear_attention",
            "explicit_attention_matrix", "depthwise_conv_term", "focused_linear_attention", "attend_reference",
-           "attend_fused", "ATTENTION_IMPLS", "set_attention_impl", "get_attention_impl", "attention_impl"]
+           "attend_fused", "ATTENTION_IMPLS", "set_attention_impl", "get_attention_impl", "attention_impl",
+           "attention_impl_problem"]
 
 # Smallest focused feature of the fused path, relative to the token's largest (1); see focused_features.
 _FEATURE_FLOOR = 1e-18
 
 # -- implementation choice -------------------------------------------------------------
 # 'auto': the fused path; its feature map runs as one Triton kernel on CUDA in eager mode
-#         (when triton imports), as fused PyTorch ops elsewhere (CPU; under torch.compile,
-#         where inductor generates the fused kernels itself).
+#         (when triton imports and the kernel passed its first-use check), as fused PyTorch ops
+#         elsewhere (CPU; under torch.compile, where inductor generates the fused kernels itself).
+#         Under TRITON_INTERPRET=1 the CPU takes the CUDA path (triton_fla.AUTO_DEVICE_TYPES).
 # 'torch': the fused PyTorch path everywhere.
-# 'triton': the Triton feature map on any device (CPU only under TRITON_INTERPRET=1; tests).
+# 'triton': the Triton feature map in eager mode on any device, unchecked (CPU only under
+#         TRITON_INTERPRET=1); compiled graphs use PyTorch ops, as in 'auto'.
 # 'reference': the literal step-by-step math (docs/model.md, section 1), kept as the reference.
 ATTENTION_IMPLS = ("auto", "torch", "triton", "reference")
 _impl = os.environ.get("FLATTEN_ATTENTION_IMPL", "auto").strip().lower() or "auto"
@@ -95,6 +98,23 @@ def set_attention_impl(impl: str) -> str:
 def get_attention_impl() -> str:
     """The current implementation choice (see :func:`set_attention_impl`)."""
     return _impl
+
+
+def attention_impl_problem(device: torch.device) -> Optional[str]:
+    """Why the current choice cannot run on ``device``, in one line (None when it can).
+
+    'triton' launches the kernel on whatever tensors come: that needs triton, and
+    CUDA or Triton's interpreter (``TRITON_INTERPRET=1``). Checked at start so that
+    such a run ends before its first step.
+    """
+    if _impl != "triton":
+        return None
+    if not triton_fla.HAS_TRITON:
+        return "FLATTEN_ATTENTION_IMPL=triton needs triton, which is not installed"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
+        return (f"FLATTEN_ATTENTION_IMPL=triton runs the Triton kernel, which needs a CUDA device ({device} here) "
+                f"or Triton's interpreter (TRITON_INTERPRET=1)")
+    return None
 
 
 @contextlib.contextmanager
@@ -376,10 +396,10 @@ def focused_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if _impl == "reference":
         return attend_reference(q, k, v, scale, pe, dwc_weight, dwc_bias, hw, num_heads, p, focused,
                                 num_prefix_tokens)
-    use_triton = _impl == "triton" or (
+    use_triton = not torch.compiler.is_compiling() and (_impl == "triton" or (
         _impl == "auto" and triton_fla.HAS_TRITON and q.device.type in triton_fla.AUTO_DEVICE_TYPES
-        and torch.promote_types(q.dtype, torch.float32) == torch.float32 and not torch.compiler.is_compiling()
-        and triton_fla.usable(q, _matmul_dtype(q, v), num_heads, p, focused, torch_feature_map))
+        and torch.promote_types(q.dtype, torch.float32) == torch.float32
+        and triton_fla.usable(q, _matmul_dtype(q, v), num_heads, p, focused, torch_feature_map)))
     return attend_fused(q, k, v, scale, pe, dwc_weight, dwc_bias, hw, num_heads, p, focused, num_prefix_tokens,
                         use_triton=use_triton)
 

@@ -39,6 +39,7 @@ included: its own autograd graph is kept out of the checkpoint's bookkeeping. ``
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -252,8 +253,10 @@ def focused_feature_map_triton(x: torch.Tensor, temperature: torch.Tensor, bias:
 
 
 # -- fail-safe ---------------------------------------------------------------------------------------
-# Device types on which the 'auto' mode considers the kernel (the tests add 'cpu' under TRITON_INTERPRET=1).
-AUTO_DEVICE_TYPES = ("cuda",)
+# Device types on which the 'auto' mode considers the kernel. Under Triton's interpreter (TRITON_INTERPRET=1)
+# that includes the CPU: a CPU run then takes the GPU's code path (first-use check, kernel in eager mode,
+# PyTorch ops under torch.compile), which is how the tests run the GPU path without a GPU.
+AUTO_DEVICE_TYPES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "") == "1" else ("cuda",)
 class VariantKey(NamedTuple):
     """One kernel variant: what the fail-safe checks separately."""
     device: str
