@@ -55,9 +55,11 @@ CHEAP_ROWS = [
 ]
 # Largest difference of any weight tensor between the two runs, relative to how far the tensor moved. Measured
 # between the two PyTorch implementations (FLATTEN_ATTENTION_IMPL=torch vs reference) on these rows: float32
-# 3e-4 (float32 rounding), float16 autocast (features in float32) up to 3e-3, bfloat16 autocast 0.07-0.16 (every
-# layer rounds to 8 bits, and a few steps at this LR carry it on). The tolerances leave room above those.
-TOLERANCE = {None: 2e-3, "bf16": 0.35, "fp16": 2e-2}
+# 3e-4 (float32 rounding), float16 autocast (features in float32) up to 3e-3, bfloat16 autocast 0.07-0.40 (every
+# layer rounds to 8 bits, and a few steps at this LR carry it on; the largest on positional encodings that start
+# at zero and move little). The tolerances leave room above those: a bfloat16 row catches a kernel that breaks
+# training (a wrong sign, a factor, NaN), the float32 and float16 rows one that is off by a few percent.
+TOLERANCE = {None: 2e-3, "bf16": 0.75, "fp16": 2e-2}
 
 
 @pytest.fixture(scope="module")
