@@ -24,7 +24,7 @@ rehearsal: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# On a GPU: every CUDA-only path checked, then the speed figures (scripts/gpu_check.py; under 8 minutes).
+# On a GPU: every CUDA-only path checked, then the speed figures (scripts/gpu_check.py; --budget-s caps its time).
 # OFFICIAL=<checkout of the official FLatten-Transformer> adds the comparisons with the official code.
 gpu-check: $(STAMP)
 	$(PY) -m scripts.gpu_check $(if $(OFFICIAL),--official-path $(OFFICIAL))

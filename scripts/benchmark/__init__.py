@@ -14,7 +14,8 @@ fastest round):
 * :mod:`.scaling` (``--resolutions``): FLatten-Swin-T against Swin-T and against
   softmax over the same global windows, per input resolution; table and plot.
 * :mod:`.attention_op` (``--op``): the attention operation alone, ours against
-  the official op sequence.
+  the official op sequence; (``--feature-map``) the focused feature map alone,
+  the Triton kernel against the fused PyTorch path (CUDA).
 
 Every printed figure carries the hardware, versions, batch, precision and mode;
 ``--json`` writes ``{meta, results}``, which ``scripts.plot_fig7`` reads.

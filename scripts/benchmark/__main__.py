@@ -11,6 +11,7 @@ Usage (from the repository root)::
     .venv/bin/python -m scripts.benchmark --models flatten_swin_t --train --batch 64
     .venv/bin/python -m scripts.benchmark --resolutions 224,384,512,768 --batch 1 --plot scaling.png
     .venv/bin/python -m scripts.benchmark --op --batch 16
+    .venv/bin/python -m scripts.benchmark --feature-map --batch 64 --amp bf16          # GPU: Triton vs PyTorch
     .venv/bin/python -m scripts.benchmark --smoke --json /tmp/bench.json     # seconds, for tests
 """
 from __future__ import annotations
@@ -61,6 +62,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--stat", choices=["median", "best"], default="median",
                    help="scaling mode: table and plot from the median round or the fastest (shared machines)")
     p.add_argument("--op", action="store_true", help="time the attention op alone (ours vs the official op sequence)")
+    p.add_argument("--feature-map", action="store_true",
+                   help="time the keys' feature map alone: the Triton kernel vs the fused PyTorch path (CUDA)")
     p.add_argument("--breakdown", action="store_true",
                    help="also split each eager model's inference time into linear layers, attention core and rest")
     p.add_argument("--attention-impl", choices=["auto", "torch", "triton", "reference"], default=None,
@@ -73,8 +76,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             setattr(args, name, tiny if args.smoke else full)
     if args.resolutions and not args.plot:
         args.plot = "scaling.png"
-    if args.breakdown and (args.train or args.op or args.resolutions):
-        p.error("--breakdown splits inference steps of the models mode; drop --train / --op / --resolutions")
+    if args.breakdown and (args.train or args.op or args.resolutions or args.feature_map):
+        p.error("--breakdown splits inference steps of the models mode; drop --train / --op / --resolutions / "
+                "--feature-map")
+    if args.feature_map and (args.op or args.resolutions or args.train or args.compile):
+        p.error("--feature-map is a mode of its own (eager); drop --op / --resolutions / --train / --compile")
     if "official" in args.impl and not args.official_path:
         p.error("--impl official needs --official-path PATH (a checkout of the official FLatten-Transformer)")
     return args
@@ -92,7 +98,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         inductor_config.freezing = True
     from models.layers.attention import attention_impl
     with attention_impl(args.attention_impl) if args.attention_impl else contextlib.nullcontext():
-        if args.op:
+        if args.feature_map:
+            meta, results = attention_op.run_feature_map(args, device)
+        elif args.op:
             meta, results = attention_op.run(args, device)
         elif args.resolutions:
             meta, results = scaling.run(args, device)
