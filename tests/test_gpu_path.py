@@ -65,7 +65,7 @@ TOLERANCE = {None: 2e-3, "bf16": 0.75, "fp16": 2e-2}
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     base = tmp_path_factory.mktemp("gpu_path")
-    data = write_image_folder(base / "data")
+    data = write_image_folder(base / "data", train=(8, 8, 8))   # + the unreadable file: 3 steps of 4 per process
     cfg = base / "tiny.yaml"
     cfg.write_text(TINY_YAML)
     return dict(base=base, data=data, cfg=str(cfg))
