@@ -108,3 +108,19 @@ def test_main_refuses_the_gpu_before_its_first_kernel(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith(
         "error: GPU 0 (Tesla V100-SXM2-32GB, compute capability 7.0) cannot run this PyTorch build")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value, want", [("True", "tf32"), ("False", "ieee")])
+def test_main_applies_the_tf32_key(tmp_path, value, want):
+    """main.py sets TF32 from the config before any work (here a CPU --throughput run of a tiny model)."""
+    import main
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        code = main.main(["--cfg", "configs/flatten_deit_t.yaml", "--throughput", "--batch-size", "1", "--output",
+                          str(tmp_path), "--opts", "TF32", value, "DATA.IMG_SIZE", "32", "MODEL.EMBED_DIM", "48",
+                          "MODEL.NUM_HEADS", "[3]", "MODEL.DEPTHS", "[1]"])
+        assert code == 0
+        assert torch.backends.cuda.matmul.fp32_precision == want
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
