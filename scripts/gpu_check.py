@@ -68,7 +68,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -83,6 +82,7 @@ import torch  # noqa: E402
 from scripts.core import cli  # noqa: E402
 from scripts.core.cli import ScriptError  # noqa: E402
 from scripts.core.environment import base_meta, hardware  # noqa: E402
+from scripts.core.processes import kill_tree  # noqa: E402
 
 SECTIONS = ("env", "triton", "amp", "compile", "inference", "training", "memory", "op", "scaling", "distributed")
 OK, FAIL, SKIPPED = "ok", "FAIL", "skipped"
@@ -746,37 +746,6 @@ def throughput_of(windows: List[Dict[str, float]], batch: int) -> Optional[Dict[
                 warmup_s=windows[0]["step_s"] * windows[0]["done"], mem_mb=max(w["mem_mb"] for w in windows))
 
 
-def _descendants(pid: int) -> List[int]:
-    """``pid``'s process tree (children first), from /proc; the launcher's workers start sessions of their own,
-    so a process group does not reach them."""
-    children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out[::-1]
-
-
-def _kill_tree(pid: int) -> None:
-    """Stop ``pid`` and every process it started (frozen first, so that none starts another meanwhile)."""
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for p in _descendants(pid):
-            try:
-                os.kill(p, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
 def run_with_limit(cmd: List[str], log_path: str, limit_s: float, env: Dict[str, str]):
     """Run ``cmd`` (output to ``log_path``) for at most ``limit_s`` seconds; returns (exit code or None, seconds)."""
     t0 = time.time()
@@ -785,7 +754,7 @@ def run_with_limit(cmd: List[str], log_path: str, limit_s: float, env: Dict[str,
         try:
             code = p.wait(timeout=max(1.0, limit_s))
         except subprocess.TimeoutExpired:
-            _kill_tree(p.pid)
+            kill_tree(p.pid)
             p.wait()
             code = None
     return code, time.time() - t0
