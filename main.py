@@ -254,8 +254,7 @@ def run_train(cfg, proc: Process) -> int:
     if steps_per_epoch == 0:
         raise ConfigError(f"TRAIN.ACCUMULATION_STEPS={accum} exceeds the {len(data.loader_train)} batches of an "
                           f"epoch")
-    start = decide_start(out, resume=cfg.MODEL.RESUME, pretrained=cfg.MODEL.PRETRAINED, auto=cfg.TRAIN.AUTO_RESUME,
-                         node=world_from_env().node)
+    start = decide_start(out, resume=cfg.MODEL.RESUME, pretrained=cfg.MODEL.PRETRAINED, auto=cfg.TRAIN.AUTO_RESUME)
     if start.finished(eff.TRAIN.EPOCHS):
         logger.info(f"nothing to do: {start.path} holds all {eff.TRAIN.EPOCHS} epochs of this run")
         return 0

@@ -11,32 +11,39 @@ torch.compile), crossed with the training flags a user passes on a GPU:
 Each row trains a few optimizer steps twice, with the kernel and with the PyTorch path
 (``FLATTEN_ATTENTION_IMPL=torch``), from the same initial weights (``--pretrained``) and seed, with SGD
 (its update is the summed gradients, so a gradient error shows in proportion; Adam's normalised first
-steps would hide one), and compares what each weight tensor moved in the two runs. Every family appears in the default rows; the full cross product, --compile included
-(inductor on a CPU takes minutes), is in the slow suite.
+steps would hide one), and compares what each weight tensor moved in the two runs. Every family appears
+in the default rows; the wider cross product, --compile included (inductor on a CPU takes minutes), is in
+the slow suite.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
 
-from cli_runs import TINY_YAML, Running, MAIN, one_error_line, write_image_folder
+from cli_runs import MAIN, TINY_YAML, Running, one_error_line, write_image_folder
 from models.layers.attention import triton_fla
 
 pytestmark = pytest.mark.skipif(not triton_fla.HAS_TRITON, reason="triton is not installed")
 
 # A tiny model of each family at a size its layout takes (widths <= 48, one or two blocks per stage).
+# The other families drop TINY_YAML's PVT widths.
+_NO_PVT_WIDTHS = ["MODEL.EMBED_DIMS", "[]"]
 FAMILY_OPTS = {
     "pvt_v2": ["MODEL.NAME", "flatten_pvt_v2_b0", "DATA.IMG_SIZE", "32"],      # TINY_YAML's own model
     "pvt": ["MODEL.NAME", "flatten_pvt_tiny", "DATA.IMG_SIZE", "64", "MODEL.EMBED_DIMS", "[16,16,32,32]",
             "MODEL.DEPTHS", "[1,1,1,1]", "MODEL.NUM_HEADS", "[1,1,2,2]", "MODEL.LA.ATTN_TYPE", "LLLS"],
-    "swin": ["MODEL.NAME", "flatten_swin_tiny_patch4_224", "MODEL.EMBED_DIMS", "[]", "DATA.IMG_SIZE", "64", "MODEL.EMBED_DIM", "16",
-             "MODEL.DEPTHS", "[1,2,2,1]", "MODEL.NUM_HEADS", "[1,2,2,4]", "MODEL.LA.ATTN_TYPE", "LLSS"],
-    "cswin": ["MODEL.NAME", "flatten_cswin_tiny_224", "MODEL.EMBED_DIMS", "[]", "DATA.IMG_SIZE", "64", "MODEL.EMBED_DIM", "16",
-              "MODEL.DEPTHS", "[1,1,2,1]", "MODEL.NUM_HEADS", "[2,2,4,4]", "MODEL.LA.ATTN_TYPE", "LLSS"],
-    "deit": ["MODEL.NAME", "flatten_deit_tiny_patch16_224", "MODEL.EMBED_DIMS", "[]", "DATA.IMG_SIZE", "48", "MODEL.EMBED_DIM", "48",
-             "MODEL.DEPTHS", "[2]", "MODEL.NUM_HEADS", "[3]", "MODEL.LA.ATTN_TYPE", "L"],
+    "swin": _NO_PVT_WIDTHS + ["MODEL.NAME", "flatten_swin_tiny_patch4_224", "DATA.IMG_SIZE", "64",
+                              "MODEL.EMBED_DIM", "16", "MODEL.DEPTHS", "[1,2,2,1]", "MODEL.NUM_HEADS", "[1,2,2,4]",
+                              "MODEL.LA.ATTN_TYPE", "LLSS"],
+    "cswin": _NO_PVT_WIDTHS + ["MODEL.NAME", "flatten_cswin_tiny_224", "DATA.IMG_SIZE", "64",
+                               "MODEL.EMBED_DIM", "16", "MODEL.DEPTHS", "[1,1,2,1]", "MODEL.NUM_HEADS", "[2,2,4,4]",
+                               "MODEL.LA.ATTN_TYPE", "LLSS"],
+    "deit": _NO_PVT_WIDTHS + ["MODEL.NAME", "flatten_deit_tiny_patch16_224", "DATA.IMG_SIZE", "48",
+                              "MODEL.EMBED_DIM", "48", "MODEL.DEPTHS", "[2]", "MODEL.NUM_HEADS", "[3]",
+                              "MODEL.LA.ATTN_TYPE", "L"],
 }
 FLAGS = {
     "ckpt": (["--use-checkpoint"], []),
@@ -98,7 +105,6 @@ def _row_args(folder, family, flags, tag):
 
 
 def _start(args, kernel):
-    import sys
     env = dict(TRITON_INTERPRET="1") if kernel else dict(FLATTEN_ATTENTION_IMPL="torch")
     return Running([sys.executable, MAIN] + args, **env)
 
@@ -146,7 +152,6 @@ def run_row(folder, family, flags):
         a, b = _weights(folder, tag + "-kernel")[i], _weights(folder, tag + "-torch")[i]
         worst, where = _largest_difference(a, b, init)
         assert worst <= TOLERANCE[precision], f"{what}.{where} differs by {worst:.2e} of its update (row {tag})"
-    return worst
 
 
 @pytest.mark.parametrize("family, flags", CHEAP_ROWS, ids=[f"{f}-{'-'.join(fl)}" for f, fl in CHEAP_ROWS])
@@ -172,7 +177,6 @@ def test_gpu_path_row_slow(folder, family, flags):
 def test_a_forced_kernel_the_device_cannot_run_is_one_line_at_start(folder):
     """FLATTEN_ATTENTION_IMPL=triton on the CPU without the interpreter would crash at the first step: it
     ends at start, in one line, before anything is written."""
-    import sys
     args = _row_args(folder, "pvt_v2", (), "forced")
     r = Running([sys.executable, MAIN] + args, FLATTEN_ATTENTION_IMPL="triton").finish(300)
     assert one_error_line(r) == ("error: FLATTEN_ATTENTION_IMPL=triton runs the Triton kernel, which needs a CUDA "

@@ -42,8 +42,8 @@ def test_a_gpu_the_build_cannot_drive_is_one_line():
     assert str(e.value) == (
         f"GPU 0 (Tesla V100-SXM2-32GB, compute capability 7.0) cannot run this PyTorch build: torch "
         f"{torch.__version__} has kernels for sm_75 sm_80 sm_86 sm_90 sm_100 sm_120, not sm_70; install a PyTorch "
-        f"build whose torch.cuda.get_arch_list() includes sm_70 (PyTorch's CUDA 12.6 wheels, --index-url "
-        f"https://download.pytorch.org/whl/cu126, have included sm_70), or train on a supported GPU")
+        f"build whose torch.cuda.get_arch_list() includes sm_70 (builds for an older CUDA cover older GPUs, e.g. "
+        f"--index-url https://download.pytorch.org/whl/cu126), or train on a supported GPU")
     hw.check_gpu(torch.device("cuda", 0), capability=(9, 0), name="NVIDIA H200", arch_list=CU130)   # passes
     hw.check_gpu(torch.device("cpu"))                                                                # nothing to check
 

@@ -21,8 +21,8 @@ from torch.distributed.constants import default_pg_timeout
 from .cluster import export_world, world_from_env
 from .hardware import check_gpu
 
-__all__ = ["init_distributed", "choose_device", "check_distinct_gpus", "DeviceError", "is_dist", "barrier", "all_reduce_sum", "broadcast_object", "gather_objects",
-           "cleanup"]
+__all__ = ["init_distributed", "choose_device", "check_distinct_gpus", "DeviceError", "is_dist", "barrier",
+           "all_reduce_sum", "broadcast_object", "gather_objects", "cleanup"]
 
 _logger = logging.getLogger(__name__)
 

@@ -84,8 +84,8 @@ def check_gpu(device: torch.device, capability: Optional[Tuple[int, int]] = None
     raise HardwareError(
         f"GPU {device.index or 0} ({name}, compute capability {capability[0]}.{capability[1]}) cannot run this "
         f"PyTorch build: torch {torch.__version__} has kernels for {' '.join(arch_list)}, not {sm}; install a "
-        f"PyTorch build whose torch.cuda.get_arch_list() includes {sm} (PyTorch's CUDA 12.6 wheels, "
-        f"--index-url https://download.pytorch.org/whl/cu126, have included sm_70), or train on a supported GPU")
+        f"PyTorch build whose torch.cuda.get_arch_list() includes {sm} (builds for an older CUDA cover older GPUs, "
+        f"e.g. --index-url https://download.pytorch.org/whl/cu126), or train on a supported GPU")
 
 
 def choose_amp_dtype(requested: str, device: torch.device, capability: Optional[Tuple[int, int]] = None,

@@ -28,15 +28,16 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import torch
+import torch.distributed as dist
 
 from .checkpoint import (CHECKPOINT_VERSION, CheckpointError, auto_resume, disk_usage, get_rng_state,
                          load_model_state, load_pretrained, numbered_checkpoints, prune_numbered, publish,
                          safe_load, save_checkpoint, set_rng_state)
-import torch.distributed as dist
-
+from .cluster import world_from_env
 from .distributed import barrier, broadcast_object, gather_objects, is_dist
 
-__all__ = ["StartError", "StartPoint", "find_start", "decide_start", "build_model_checked", "TrainingState", "FRESH_RUN_HINT"]
+__all__ = ["StartError", "StartPoint", "find_start", "decide_start", "build_model_checked", "TrainingState",
+           "FRESH_RUN_HINT"]
 
 _logger = logging.getLogger(__name__)
 
@@ -103,8 +104,7 @@ def find_start(run_dir: str, *, resume: str = "", pretrained: str = "", auto: bo
     return StartPoint("fresh", started_from=given)
 
 
-def decide_start(run_dir: str, *, resume: str = "", pretrained: str = "", auto: bool = True,
-                 node: Optional[str] = None) -> StartPoint:
+def decide_start(run_dir: str, *, resume: str = "", pretrained: str = "", auto: bool = True) -> StartPoint:
     """:func:`find_start` decided once for the whole job: by rank 0, then broadcast.
 
     Every other rank loads the file rank 0 chose (the same path), so all ranks
@@ -143,7 +143,7 @@ def decide_start(run_dir: str, *, resume: str = "", pretrained: str = "", auto: 
                     f.read(1)
             start = StartPoint(kind, path, ckpt, started_from=started_from)
         except (CheckpointError, OSError) as e:
-            problem = (rank, node or os.uname().nodename, " ".join(str(e).split()))
+            problem = (rank, world_from_env().node, " ".join(str(e).split()))
     problems = [p for p in gather_objects(problem) if p is not None]
     if problems:
         bad_rank, bad_node, why = problems[0]

@@ -15,6 +15,6 @@ from .table3 import AngularAttention, EfficientAttention, EnhancedLinearAttentio
 
 __all__ = ["EPS", "LinearAttention", "FocusedLinearAttention", "HydraAttention", "EfficientAttention",
            "AngularAttention", "EnhancedLinearAttention", "LINEAR_ATTENTIONS", "LA_KINDS", "make_la_kwargs",
-           "checked_la_kwargs", "create_linear_attention", "ATTENTION_IMPLS", "attention_impl", "attention_impl_problem",
-           "set_attention_impl", "get_attention_impl", "focusing_function", "focused_features", "linear_attention",
-           "explicit_attention_matrix"]
+           "checked_la_kwargs", "create_linear_attention", "ATTENTION_IMPLS", "attention_impl",
+           "attention_impl_problem", "set_attention_impl", "get_attention_impl", "focusing_function",
+           "focused_features", "linear_attention", "explicit_attention_matrix"]

@@ -33,7 +33,8 @@ backward, against the fused PyTorch path. On a mismatch, or on any error
 (a compiler or driver that cannot build the kernel), it logs one warning that
 says why and keeps that variant on the PyTorch path for the rest of the
 process. The check can run inside a model's forward, gradient checkpointing
-included: its own autograd graph is kept out of the checkpoint's bookkeeping. ``FLATTEN_ATTENTION_IMPL=triton`` still forces the kernel and
+included: its own autograd graph is kept out of the checkpoint's bookkeeping.
+``FLATTEN_ATTENTION_IMPL=triton`` still forces the kernel and
 ``torch`` keeps it off; neither runs the check.
 """
 from __future__ import annotations
